@@ -1,0 +1,1 @@
+"""The coding agent: the protocol in `base`, models, tools and policy."""

@@ -1,0 +1,36 @@
+"""The coding-agent protocol the edit node sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+from pydantic import BaseModel, Field
+
+from agentloop.records import EditResult, Issue, Usage
+
+
+class EditTask(BaseModel):
+    """Everything one edit turn is given. `failures`, `logs` and `diff` are empty on the first turn."""
+
+    run_id: str
+    worktree: Path
+    issue: Issue
+    iteration: int
+    services: dict[str, str] = Field(default_factory=dict, description="service -> path in the repo")
+    checks: list[str] = Field(default_factory=list, description="Names/commands of suites and plans.")
+    failures: str = ""
+    logs: str = ""
+    diff: str = ""
+    sandbox_env: dict[str, str] = Field(default_factory=dict)
+    usage_so_far: Usage = Field(default_factory=Usage)
+
+
+UsageCallback = Callable[[Usage], None]
+
+
+class Coder(Protocol):
+    """Changes the worktree for one iteration. Raises BudgetExceeded when a budget is spent."""
+
+    def edit(self, task: EditTask, on_usage: UsageCallback | None = None) -> EditResult:
+        ...

@@ -1,0 +1,1 @@
+"""Forges: where issues and pull requests live. The protocol in `base`, one implementation per module."""

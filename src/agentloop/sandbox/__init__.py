@@ -1,0 +1,1 @@
+"""Sandbox backends: the protocol in `base`, one implementation per module."""
