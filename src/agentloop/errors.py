@@ -45,3 +45,7 @@ class BudgetExceeded(LoopError):
 
 class ModelError(LoopError):
     """The model could not be reached or answered unusably after retries."""
+
+
+class RunInterrupted(LoopError):
+    """The run was stopped on request (Ctrl-C, SIGTERM, `/loop stop`); it can be resumed."""

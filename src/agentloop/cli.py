@@ -1,0 +1,208 @@
+"""The `loop` command line.
+
+Exit codes: 0 success (published, or a listing); 1 the run failed (budget spent, validation never
+passed) or `verify` found differences; 2 bad input (config, issue, repo, run id) -- one line on
+stderr saying what is wrong and what to do; 3 the run errored (see its record); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agentloop.errors import LoopError
+from agentloop.paths import repo_root, runs_dir
+from agentloop.runner import RunOutcome
+from agentloop.runs import list_runs, open_run
+
+app = typer.Typer(
+    name="loop",
+    help="Drive a coding agent through edit -> sandbox deploy -> test -> logs -> fix, then open a pull request.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+RepoOption = Annotated[Path, typer.Option("--repo", help="The target repository (default: the current directory).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+EXIT_FOR_STATUS = {"published": 0, "failed": 1, "error": 3, "interrupted": 130, "running": 0}
+
+
+def print_error(message: str) -> None:
+    err.print(Text("error: ", style="red") + Text(message))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def _finish(outcome: RunOutcome) -> NoReturn:
+    colour = {"published": "green", "failed": "yellow"}.get(outcome.status, "red")
+    err.print(f"[{colour}]{outcome.status}[/{colour}]  run {outcome.run_id}  record: {outcome.run_dir}")
+    if outcome.pull_request:
+        kind = "draft pull request" if outcome.pull_request.draft else "pull request"
+        err.print(f"{kind}: {outcome.pull_request.url}  (branch {outcome.pull_request.branch})")
+    if outcome.message:
+        err.print(outcome.message)
+    raise typer.Exit(EXIT_FOR_STATUS[outcome.status])
+
+
+@app.command()
+def fix(
+    issue: Annotated[str | None, typer.Argument(help="issue-123, #123, 123 or an issue URL.")] = None,
+    issue_file: Annotated[Path | None, typer.Option("--issue-file", help="Read the issue from a text file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Claude model id, or replay:FILE to replay a cassette.")] = None,
+    record: Annotated[Path | None, typer.Option("--record", help="Write a cassette of the model's answers.")] = None,
+    max_iterations: Annotated[int | None, typer.Option(min=1, help="Override agent.max_iterations.")] = None,
+    review: Annotated[bool, typer.Option(help="Pause before publishing until `loop resume`.")] = False,
+    keep_sandbox: Annotated[bool, typer.Option(help="Leave the sandbox up (until its TTL) after the run.")] = False,
+    repo: RepoOption = Path("."),
+) -> None:
+    """Resolve one issue: a run from the issue to a validated pull request."""
+    from agentloop.display import LiveDisplay
+    from agentloop.runner import fix as run_fix
+
+    outcome = run_fix(
+        repo, issue, issue_file=issue_file, model=model, record_cassette=record, max_iterations=max_iterations,
+        review=review, keep_sandbox=keep_sandbox, progress=LiveDisplay(err),
+    )
+    _finish(outcome)
+
+
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(help="The run id (see `loop runs`).")],
+    review: Annotated[bool, typer.Option(help="Pause again before publishing.")] = False,
+    repo: RepoOption = Path("."),
+) -> None:
+    """Continue a killed or interrupted run from its last checkpoint."""
+    from agentloop.display import LiveDisplay
+    from agentloop.runner import resume as run_resume
+
+    _finish(run_resume(repo, run, review=review, progress=LiveDisplay(err)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+
+
+@app.command("runs")
+def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> None:
+    """List runs: id, issue, status, iterations, pull request, started, duration, cost."""
+    summaries = list_runs(runs_dir(repo_root(repo)))
+    if as_json:
+        rows = [s.model_dump(mode="json") | {"duration": round(s.duration, 1)} for s in summaries]
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("run", "issue", "status", "iter", "pull request", "started", "duration", "cost")
+    for s in summaries:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started_at))
+        table.add_row(s.id, f"#{s.issue}", s.status, str(s.iterations), s.pull_request or "-", started,
+                      _duration(s.duration), f"${s.cost_usd:.2f}")
+    out.print(table if summaries else "no runs yet: `loop fix ISSUE` starts one")
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="The run id.")], as_json: JsonOption = False, repo: RepoOption = Path(".")
+) -> None:
+    """Show one run, iteration by iteration."""
+    from agentloop.show import run_details
+
+    details = run_details(open_run(runs_dir(repo_root(repo)), run))
+    if as_json:
+        out.print_json(json.dumps(details, default=str))
+        return
+    from agentloop.show import render_details
+
+    render_details(details, out)
+
+
+@app.command()
+def verify(
+    run: Annotated[str, typer.Argument(help="The run id.")],
+    rerun: Annotated[bool, typer.Option(help="Validate the head commit again in a fresh sandbox.")] = False,
+    repo: RepoOption = Path("."),
+) -> None:
+    """Check a run's artifacts against their hashes and the head commit against the diff."""
+    from agentloop.verify import rerun as do_rerun
+    from agentloop.verify import verify_run
+
+    root = repo_root(repo)
+    record = open_run(runs_dir(root), run)
+    differences = verify_run(record.dir, root)
+    for line in differences:
+        out.print(f"[red]✗[/red] {line}")
+    if not differences:
+        out.print(f"[green]✓[/green] every artifact of {run} matches its hash; the head commit matches the diff")
+    code = 1 if differences else 0
+    if rerun:
+        verdict = do_rerun(record.dir, root)
+        out.print(("[green]✓ passed[/green]" if verdict.passed else "[red]✗ failed[/red]") + " on a fresh sandbox")
+        for reason in verdict.reasons:
+            out.print(f"  · {reason}")
+        code = code or (0 if verdict.passed else 1)
+    raise typer.Exit(code)
+
+
+@app.command()
+def batch(
+    issues: Annotated[list[str] | None, typer.Argument(help="Issue references.")] = None,
+    label: Annotated[str | None, typer.Option(help="Every open issue with this label.")] = None,
+    parallel: Annotated[int, typer.Option(min=1)] = 4,
+) -> None:
+    """Run many issues in parallel on one shared baseline (not supported yet)."""
+    fail("`loop batch` is not supported yet (see README 'Status'); run `loop fix` per issue meanwhile")
+
+
+@app.command()
+def demo(
+    model: Annotated[str | None, typer.Option(help="A Claude model id to use a real model (needs ANTHROPIC_API_KEY).")] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to create the demo repository.")] = None,
+) -> None:
+    """The whole loop on the bundled example system, to a published local pull request."""
+    from agentloop.demo import run_demo
+
+    _finish(run_demo(model=model, directory=directory, console=err))
+
+
+def _mount_subcommands() -> None:
+    from agentloop.commands.plan import app as plan_app
+    from agentloop.commands.sandbox import app as sandbox_app
+    from agentloop.commands.serve import serve
+
+    app.add_typer(sandbox_app, name="sandbox", help="Baseline and sandboxes: up, create, ls, logs, rm, gc.")
+    app.add_typer(plan_app, name="plan", help="Run a plan of governed steps against a sandbox.")
+    app.command("serve", help="The GitHub App: webhooks in, runs out.")(serve)
+
+
+_mount_subcommands()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    logging.basicConfig(level=os.environ.get("LOOP_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return app(args=argv, standalone_mode=True)
+    except LoopError as exc:
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`loop demo`: the whole loop on the bundled example system, in a fresh git repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from agentloop.display import LiveDisplay
+from agentloop.errors import ConfigError
+from agentloop.runner import RunOutcome, fix
+
+SCRIPTED_NOTE = (
+    "The agent's edits are [bold]scripted[/bold] (a recorded transcript replayed, no API key needed);\n"
+    "the sandbox, the services, the tests, the logs and the pull request are [bold]real[/bold].\n"
+    "With ANTHROPIC_API_KEY set, `loop demo --model <claude model>` runs the same with a real model."
+)
+
+
+def examples_dir() -> Path:
+    """`examples/` of this checkout (LOOP_EXAMPLES overrides, for an installed copy)."""
+    override = os.environ.get("LOOP_EXAMPLES")
+    path = Path(override) if override else Path(__file__).resolve().parents[2] / "examples"
+    if not (path / "shop" / "loop.yaml").is_file():
+        raise ConfigError(f"{path}/shop/loop.yaml: the bundled example is missing; set LOOP_EXAMPLES to examples/")
+    return path
+
+
+def make_demo_repo(directory: Path | None) -> Path:
+    """Copy the example into a new git repository on branch main with one commit."""
+    target = (directory or Path(tempfile.mkdtemp(prefix="loop-demo-"))) / "shop"
+    if target.exists():
+        raise ConfigError(f"{target} already exists; pick another --dir or remove it")
+    shutil.copytree(examples_dir() / "shop", target, ignore=shutil.ignore_patterns("__pycache__", "*.db", ".pytest_cache"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "The shop, at its buggy state"]):
+        subprocess.run(["git", *args], cwd=target, env=env, check=True, capture_output=True)
+    return target
+
+
+def run_demo(*, model: str | None, directory: Path | None, console: Console) -> RunOutcome:
+    repo = make_demo_repo(directory)
+    cassette = examples_dir() / "cassettes" / "shop-issue-1.json"
+    chosen = model or f"replay:{cassette}"
+    console.print(Panel.fit(
+        (SCRIPTED_NOTE if chosen.startswith("replay:") else f"A real model: {chosen}.")
+        + f"\n\nrepository: {repo}\nissue #1: {(repo / '.loop/issues/1.md').read_text().splitlines()[0].lstrip('# ')}",
+        title="loop demo",
+    ))
+    outcome = fix(repo, "1", model=chosen, progress=LiveDisplay(console))
+    report = outcome.run_dir / "report.md"
+    if report.exists():
+        head = "\n".join(report.read_text(encoding="utf-8").splitlines()[:12])
+        console.print(Panel(head, title="pull request body (first lines)", expand=False))
+    console.print(f"Look closer: `loop show {outcome.run_id} --repo {repo}`, `loop verify {outcome.run_id} --repo {repo}`,"
+                  f" `git -C {repo} log --oneline --all`")
+    return outcome

@@ -1,0 +1,76 @@
+"""The local forge: issues are `.loop/issues/<n>.md` in the repository; a pull request is the run's
+branch in the repository plus a record (`<state>/pulls/<n>.json` and its body) on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from agentloop.errors import IssueNotFound
+from agentloop.paths import state_dir
+from agentloop.records import Issue, PullRequest
+
+ISSUES_DIR = Path(".loop") / "issues"
+
+
+class LocalForge:
+    kind = "local"
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self._pulls = state_dir(repo) / "pulls"
+        self._comments = state_dir(repo) / "comments"
+
+    def get_issue(self, number: int) -> Issue:
+        path = self.repo / ISSUES_DIR / f"{number}.md"
+        if not path.is_file():
+            raise IssueNotFound(
+                f"issue {number}: {path} not found; write the issue there (first line `# title`) "
+                "or pass --issue-file FILE"
+            )
+        return parse_issue_file(path, number)
+
+    def find_pull_request(self, branch: str) -> PullRequest | None:
+        for path in sorted(self._pulls.glob("*.json")) if self._pulls.exists() else []:
+            pull = PullRequest.model_validate_json(path.read_text(encoding="utf-8"))
+            if pull.branch == branch:
+                return pull
+        return None
+
+    def publish(
+        self, *, worktree: Path, branch: str, title: str, body: str, draft: bool, issue: Issue
+    ) -> PullRequest:
+        from agentloop.git import head
+
+        existing = self.find_pull_request(branch)
+        self._pulls.mkdir(parents=True, exist_ok=True)
+        number = existing.number if existing and existing.number else len(list(self._pulls.glob("*.json"))) + 1
+        body_path = self._pulls / f"{number}.md"
+        body_path.write_text(body, encoding="utf-8")
+        pull = PullRequest(
+            number=number, url=body_path.as_uri(), branch=branch, head_commit=head(worktree), draft=draft, title=title
+        )
+        (self._pulls / f"{number}.json").write_text(pull.model_dump_json(indent=2), encoding="utf-8")
+        return pull
+
+    def comment(self, issue: Issue, body: str) -> None:
+        self._comments.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with (self._comments / f"{issue.number}.md").open("a", encoding="utf-8") as handle:
+            handle.write(f"--- {stamp}\n{body}\n")
+
+
+def parse_issue_file(path: Path, number: int) -> Issue:
+    """`# Title` on the first line, the body after it. Any text file works; a missing title is the first line."""
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise IssueNotFound(f"{path}: the issue file is empty; write a `# title` line and a description")
+    first, _, rest = text.partition("\n")
+    title = first.lstrip("#").strip() or f"Issue {number}"
+    return Issue(number=number, title=title, body=rest.strip(), url=path.resolve().as_uri())
+
+
+def pulls_summary(repo: Path) -> list[dict[str, object]]:
+    pulls = state_dir(repo) / "pulls"
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(pulls.glob("*.json"))] if pulls.exists() else []

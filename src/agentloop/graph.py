@@ -1,0 +1,109 @@
+"""The loop's shape, in one place.
+
+    START -> intake -> edit -> deploy --ok--> validate --pass--> publish -> END
+                        ^        |               |
+                        |      fail            fail
+                        |        v               v
+                        +----- diagnose <--------+
+                                 |
+                                 +--budget spent--> report_failure -> END
+
+Every failure goes through diagnose, so that the evidence of the last attempt carries its log
+excerpts too; diagnose decides whether the budget allows another edit. `edit` can also end the run
+when the model spends the budget mid-turn. State is checkpointed after every node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
+from agentloop.context import RunContext
+from agentloop.errors import RunInterrupted
+from agentloop.nodes import deploy, diagnose, edit, intake, publish, report_failure, validate
+from agentloop.state import RunState
+
+NodeFn = Callable[[RunState, RunContext], dict[str, Any]]
+
+
+def route_after_edit(state: RunState) -> Literal["deploy", "report_failure"]:
+    return "report_failure" if state.get("budget_spent") else "deploy"
+
+
+def route_after_deploy(state: RunState) -> Literal["validate", "diagnose"]:
+    return "validate" if (state.get("deploy") or {}).get("ok") else "diagnose"
+
+
+def route_after_validate(state: RunState) -> Literal["publish", "diagnose"]:
+    return "publish" if (state.get("verdict") or {}).get("passed") else "diagnose"
+
+
+def route_after_diagnose(state: RunState) -> Literal["edit", "report_failure"]:
+    return "report_failure" if state.get("budget_spent") else "edit"
+
+
+def _recorded(name: str, fn: NodeFn) -> Callable[[RunState, Runtime[RunContext]], dict[str, Any]]:
+    """Wrap a node so that its start, end, duration and outcome reach events.jsonl and the display."""
+
+    def node(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        if ctx.cancel.is_set():
+            raise RunInterrupted(f"run {ctx.run_id} stopped before {name}; `loop resume {ctx.run_id}` continues it")
+        iteration = state.get("iteration", 1)
+        ctx.record.event(name, "start", iteration=iteration)
+        ctx.emit(kind="node", node=name, event="start", iteration=iteration)
+        started = time.monotonic()
+        try:
+            update = fn(state, ctx)
+        except BaseException as exc:
+            duration = round(time.monotonic() - started, 3)
+            ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=f"error: {type(exc).__name__}")
+            raise
+        duration = round(time.monotonic() - started, 3)
+        outcome = _outcome(name, update)
+        ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=outcome)
+        ctx.emit(kind="node", node=name, event="end", iteration=iteration, duration=duration, outcome=outcome)
+        return update
+
+    node.__name__ = name
+    return node
+
+
+def _outcome(name: str, update: dict[str, Any]) -> str:
+    if name == "deploy":
+        return "ok" if update["deploy"]["ok"] else "failed"
+    if name == "validate":
+        return "passed" if update["verdict"]["passed"] else "failed"
+    if name in ("edit", "diagnose") and update.get("budget_spent"):
+        return "budget spent"
+    return str(update.get("status", "ok"))
+
+
+def build_graph(
+    checkpointer: BaseCheckpointSaver[Any] | None = None, *, review: bool = False
+) -> CompiledStateGraph[RunState, RunContext, RunState, RunState]:
+    """The compiled loop. `review=True` pauses before publish for a person's approval."""
+    graph = StateGraph(RunState, context_schema=RunContext)
+    graph.add_node("intake", _recorded("intake", intake.run))
+    graph.add_node("edit", _recorded("edit", edit.run))
+    graph.add_node("deploy", _recorded("deploy", deploy.run))
+    graph.add_node("validate", _recorded("validate", validate.run))
+    graph.add_node("diagnose", _recorded("diagnose", diagnose.run))
+    graph.add_node("publish", _recorded("publish", publish.run))
+    graph.add_node("report_failure", _recorded("report_failure", report_failure.run))
+
+    graph.add_edge(START, "intake")
+    graph.add_edge("intake", "edit")
+    graph.add_conditional_edges("edit", route_after_edit)
+    graph.add_conditional_edges("deploy", route_after_deploy)
+    graph.add_conditional_edges("validate", route_after_validate)
+    graph.add_conditional_edges("diagnose", route_after_diagnose)
+    graph.add_edge("publish", END)
+    graph.add_edge("report_failure", END)
+    return graph.compile(checkpointer=checkpointer, interrupt_before=["publish"] if review else None)

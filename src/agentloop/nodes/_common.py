@@ -1,0 +1,53 @@
+"""Small helpers the nodes share."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agentloop.context import RunContext
+from agentloop.records import Usage
+from agentloop.state import Attempt, RunState
+
+
+def current_attempt(state: RunState) -> Attempt:
+    attempts = state.get("attempts") or []
+    iteration = state.get("iteration", 1)
+    if attempts and attempts[-1].get("iteration") == iteration:
+        return attempts[-1]
+    return Attempt(iteration=iteration, started_at=time.time())
+
+
+def update_attempt(state: RunState, **fields: Any) -> list[Attempt]:
+    """The attempts list with the current iteration's entry updated (appended when new)."""
+    attempts = list(state.get("attempts") or [])
+    attempt = dict(current_attempt(state))
+    attempt.update(fields)
+    if attempts and attempts[-1].get("iteration") == attempt["iteration"]:
+        attempts[-1] = Attempt(**attempt)  # type: ignore[typeddict-item]
+    else:
+        attempts.append(Attempt(**attempt))  # type: ignore[typeddict-item]
+    return attempts
+
+
+def usage_of(state: RunState) -> Usage:
+    return Usage.model_validate(state.get("usage") or {})
+
+
+def budget_spent(state: RunState, ctx: RunContext, usage: Usage | None = None) -> str | None:
+    """Why the run must stop now (dollars, tokens, minutes), or None."""
+    budget = ctx.config.agent.budget
+    usage = usage or usage_of(state)
+    if budget.usd is not None and usage.cost_usd >= budget.usd:
+        return f"dollar budget spent: ${usage.cost_usd:.2f} of ${budget.usd:.2f}"
+    if budget.tokens is not None and usage.total_tokens >= budget.tokens:
+        return f"token budget spent: {usage.total_tokens} of {budget.tokens}"
+    if budget.minutes is not None:
+        elapsed = (time.time() - state.get("started_at", time.time())) / 60
+        if elapsed >= budget.minutes:
+            return f"time budget spent: {elapsed:.1f} of {budget.minutes:g} minutes"
+    return None
+
+
+def iterations_left(state: RunState, ctx: RunContext) -> bool:
+    return state.get("iteration", 1) < ctx.config.agent.max_iterations

@@ -1,0 +1,62 @@
+"""deploy: the sandbox. First pass creates it with forks of only the changed services; later passes
+update only the forks whose code changed (same sandbox, same route key)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from agentloop.config import LoopConfig
+from agentloop.context import RunContext
+from agentloop.errors import DeployError
+from agentloop.nodes._common import current_attempt, update_attempt
+from agentloop.records import DeployResult, SandboxInfo
+from agentloop.state import RunState
+
+
+def services_to_fork(config: LoopConfig, changed_files: list[str]) -> list[str]:
+    """Services whose `path` holds a changed file, plus the services that declare `depends_on` them."""
+    changed = {
+        name
+        for name, service in config.services.items()
+        for path in changed_files
+        if PurePosixPath(path).is_relative_to(PurePosixPath(service.path.strip("/") or "."))
+    }
+    dependents = {name for name, service in config.services.items() if changed & set(service.depends_on)}
+    return sorted(changed | dependents)
+
+
+def ensure_sandbox(state: RunState, ctx: RunContext) -> DeployResult:
+    """Create or update the run's sandbox so it serves the worktree as it is now."""
+    worktree = Path(state["worktree"])
+    changed = current_attempt(state).get("changed_files") or []
+    wanted = services_to_fork(ctx.config, changed)
+    forks = {service: worktree for service in wanted}
+    before = ctx.backend.get(ctx.run_id)
+    try:
+        if before is None:
+            info = ctx.backend.create(ctx.run_id, forks, log_dir=ctx.record.logs_dir)
+            restarted = wanted
+        else:
+            info = ctx.backend.update(ctx.run_id, forks)
+            restarted = [s for s in wanted if s not in before.forks or
+                         before.forks[s].code_hash != info.forks[s].code_hash or before.forks[s].pid != info.forks[s].pid]
+    except DeployError as exc:
+        return DeployResult(
+            ok=False, sandbox=before, forked=wanted, error=str(exc), service=exc.service or None,
+            exit_code=exc.process_exit_code, log_tail=exc.log_tail,
+        )
+    return DeployResult(ok=True, sandbox=info, forked=wanted, restarted=restarted)
+
+
+def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+    if not ctx.has_services:
+        result = DeployResult(ok=True)
+        sandbox: dict[str, Any] | None = None
+    else:
+        result = ensure_sandbox(state, ctx)
+        sandbox = result.sandbox.model_dump(mode="json") if result.sandbox else state.get("sandbox")
+        if result.sandbox:
+            ctx.emit(kind="sandbox", sandbox=SandboxInfo.model_validate(sandbox).name, link=result.sandbox.link)
+    dumped = result.model_dump(mode="json")
+    return {"sandbox": sandbox, "deploy": dumped, "attempts": update_attempt(state, deploy=dumped)}

@@ -1,0 +1,30 @@
+"""intake: the run's own git worktree on branch `loop/<issue>-<run>`, at the base branch's head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentloop import git
+from agentloop.context import RunContext
+from agentloop.paths import worktrees_dir
+from agentloop.state import RunState
+
+
+def branch_name(issue_number: int, run_id: str) -> str:
+    return f"loop/{issue_number}-{run_id}"
+
+
+def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+    repo = git.open_repo(ctx.repo)
+    base = state.get("base_commit") or git.resolve_base(repo, ctx.config.base_branch)
+    branch = branch_name(int(state["issue"]["number"]), ctx.run_id)
+    worktree = worktrees_dir(ctx.repo) / ctx.run_id
+    git.add_worktree(repo, worktree, branch=branch, commit=base)
+    return {
+        "base_commit": base,
+        "branch": branch,
+        "worktree": str(worktree),
+        "iteration": 1,
+        "attempts": [],
+        "status": "running",
+    }

@@ -1,0 +1,38 @@
+"""validate: every suite and plan against the sandbox, compared with the baseline. The verdict, not
+the model, decides whether the work is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agentloop.context import RunContext
+from agentloop.nodes._common import update_attempt
+from agentloop.nodes.deploy import ensure_sandbox
+from agentloop.records import SandboxInfo
+from agentloop.state import RunState
+from agentloop.validation import run_validation
+
+
+def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+    sandbox = None
+    update: dict[str, Any] = {}
+    if ctx.has_services:
+        if state.get("sandbox") is None or ctx.backend.get(ctx.run_id) is None:
+            # The sandbox went away (Ctrl-C, gc) between deploy and here: make it again before testing.
+            redeploy = ensure_sandbox(state, ctx)
+            if redeploy.sandbox is not None:
+                update["sandbox"] = redeploy.sandbox.model_dump(mode="json")
+        sandbox = SandboxInfo.model_validate(update.get("sandbox") or state["sandbox"])
+    iteration = state.get("iteration", 1)
+    verdict = run_validation(
+        config=ctx.config,
+        worktree=Path(state["worktree"]),
+        base_commit=state["base_commit"],
+        sandbox=sandbox,
+        backend=ctx.backend if ctx.has_services else None,
+        out_dir=ctx.record.iteration_dir(iteration) / "validate",
+    )
+    dumped = verdict.model_dump(mode="json")
+    ctx.emit(kind="verdict", iteration=iteration, passed=verdict.passed, reasons=verdict.reasons)
+    return {**update, "verdict": dumped, "attempts": update_attempt(state, verdict=dumped)}

@@ -1,0 +1,222 @@
+"""Start and resume runs: the one entry point the CLI, the GitHub App and batch share."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from pydantic import BaseModel, ConfigDict
+
+from agentloop import git
+from agentloop.config import LoopConfig, load_config
+from agentloop.context import ProgressCallback, RunContext
+from agentloop.errors import IssueNotFound, LoopError, RunInterrupted, RunNotFound
+from agentloop.forge.base import Forge
+from agentloop.forge.factory import open_forge
+from agentloop.forge.local import parse_issue_file
+from agentloop.graph import build_graph
+from agentloop.paths import repo_root, runs_dir
+from agentloop.records import Issue, PullRequest, Usage
+from agentloop.runs import RunRecord, RunSummary, new_run_id, open_run
+from agentloop.state import RunState, RunStatus
+
+log = logging.getLogger(__name__)
+
+_ISSUE_REF = re.compile(r"^(?:issue-|#)?(\d+)$|/issues/(\d+)/?(?:[?#].*)?$")
+
+
+class RunOutcome(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    status: RunStatus
+    pull_request: PullRequest | None = None
+    run_dir: Path
+    message: str = ""
+
+
+def parse_issue_ref(ref: str) -> int:
+    """`issue-123`, `#123`, `123` or an issue URL -> 123."""
+    match = _ISSUE_REF.search(ref.strip())
+    if not match:
+        raise IssueNotFound(
+            f"issue {ref!r}: expected issue-123, #123, 123 or an issue URL (or --issue-file FILE)"
+        )
+    return int(match.group(1) or match.group(2))
+
+
+def resolve_model(flag: str | None, config: LoopConfig) -> str:
+    return flag or os.environ.get("LOOP_MODEL") or config.agent.model
+
+
+def fix(
+    repo: Path,
+    issue: str | None,
+    *,
+    issue_file: Path | None = None,
+    model: str | None = None,
+    forge: Forge | None = None,
+    review: bool = False,
+    record_cassette: Path | None = None,
+    max_iterations: int | None = None,
+    keep_sandbox: bool = False,
+    cancel: threading.Event | None = None,
+    progress: ProgressCallback | None = None,
+    runs_root: Path | None = None,
+    manage_baseline: bool = True,
+) -> RunOutcome:
+    """Run the loop on one issue of the repository at `repo`, to a pull request or a failure report."""
+    root = repo_root(repo)
+    config = load_config(root)
+    if max_iterations is not None:
+        config.agent.max_iterations = max_iterations
+    git.ensure_clean(git.open_repo(root))
+    git.resolve_base(git.open_repo(root), config.base_branch)
+    forge = forge or open_forge(root, config)
+    the_issue = _load_issue(forge, issue, issue_file)
+    chosen_model = resolve_model(model, config)
+    from agentloop.agent.factory import check_model
+
+    check_model(chosen_model)
+
+    run_id = new_run_id()
+    record = RunRecord(runs_root or runs_dir(root), run_id)
+    record.save_summary(
+        RunSummary(
+            id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
+            pid=os.getpid(), message=f"record cassette: {record_cassette}" if record_cassette else "",
+        )
+    )
+    ctx = RunContext(
+        repo=root, run_id=run_id, config=config, record=record, forge=forge, model=chosen_model,
+        record_cassette=record_cassette, cancel=cancel or threading.Event(), keep_sandbox=keep_sandbox,
+    )
+    ctx.progress = _tracking(record, progress)
+    initial: RunState = {
+        "run_id": run_id, "repo": str(root), "issue": the_issue.model_dump(mode="json"), "model": chosen_model,
+        "started_at": time.time(), "usage": Usage().model_dump(mode="json"), "status": "running",
+        "attempts": [], "sandbox": None, "budget_spent": None, "pull_request": None,
+    }
+    return _drive(ctx, initial, review=review, manage_baseline=manage_baseline)
+
+
+def resume(
+    repo: Path,
+    run_id: str,
+    *,
+    forge: Forge | None = None,
+    review: bool = False,
+    cancel: threading.Event | None = None,
+    progress: ProgressCallback | None = None,
+    runs_root: Path | None = None,
+    manage_baseline: bool = True,
+) -> RunOutcome:
+    """Continue a run from its last checkpoint: no edit lost, no second branch or pull request."""
+    root = repo_root(repo)
+    record = open_run(runs_root or runs_dir(root), run_id)
+    summary = record.summary()
+    if summary.status == "published":
+        raise RunNotFound(f"run {run_id} is already published ({summary.pull_request}); nothing to resume")
+    config = load_config(root)
+    ctx = RunContext(
+        repo=root, run_id=run_id, config=config, record=record, forge=forge or open_forge(root, config),
+        model=summary.model, cancel=cancel or threading.Event(),
+    )
+    ctx.progress = _tracking(record, progress)
+    record.update_summary(status="running", pid=os.getpid(), ended_at=None, message="resumed")
+    return _drive(ctx, None, review=review, manage_baseline=manage_baseline)
+
+
+def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue:
+    if issue_file is not None:
+        if not issue_file.is_file():
+            raise IssueNotFound(f"--issue-file {issue_file}: no such file")
+        number = parse_issue_ref(ref) if ref else 0
+        return parse_issue_file(issue_file, number)
+    if not ref:
+        raise IssueNotFound("no issue given: `loop fix 123` or `loop fix --issue-file FILE`")
+    return forge.get_issue(parse_issue_ref(ref))
+
+
+@contextmanager
+def _checkpointer(record: RunRecord) -> Iterator[SqliteSaver]:
+    conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
+    try:
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool) -> RunOutcome:
+    config = {"configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations}
+    started_baseline = False
+    status: RunStatus = "error"
+    message = ""
+    state: dict[str, Any] = {}
+    try:
+        if manage_baseline and ctx.has_services:
+            ctx.emit(kind="node", node="baseline", event="start", iteration=0)
+            started_baseline = ctx.backend.baseline_up()
+            ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started_baseline else "up")
+        with _checkpointer(ctx.record) as saver:
+            graph = build_graph(saver, review=review)
+            graph.invoke(initial, config, context=ctx)  # type: ignore[arg-type]
+            snapshot = graph.get_state(config)
+            state = dict(snapshot.values)
+            if snapshot.next:
+                status, message = "interrupted", f"waiting before {snapshot.next[0]}: `loop resume {ctx.run_id}` continues"
+            else:
+                status = state.get("status", "error")
+                message = state.get("error") or ""
+    except (KeyboardInterrupt, RunInterrupted):
+        status, message = "interrupted", f"stopped; `loop resume {ctx.run_id}` continues from the last step"
+    except LoopError as exc:
+        status, message = "error", str(exc)
+    except Exception as exc:  # record it, never lose the run: the checkpoint is still there to resume
+        (ctx.record.dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        status, message = "error", f"internal error: {type(exc).__name__}: {exc} (details: {ctx.record.dir / 'error.txt'})"
+    finally:
+        _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=started_baseline)
+    pull = PullRequest.model_validate(state["pull_request"]) if state.get("pull_request") else None
+    ctx.record.update_summary(
+        status=status, ended_at=time.time(), message=message, pull_request=pull.url if pull else None
+    )
+    ctx.emit(kind="done", status=status, message=message, pull_request=pull.url if pull else None)
+    return RunOutcome(run_id=ctx.run_id, status=status, pull_request=pull, run_dir=ctx.record.dir, message=message)
+
+
+def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> None:
+    if not ctx.has_services or ctx._backend is None:
+        return
+    try:
+        if remove_sandbox and ctx.backend.get(ctx.run_id) is not None:
+            ctx.backend.remove(ctx.run_id)
+        if stop_baseline:
+            ctx.backend.baseline_down()
+    except Exception:  # cleanup must not hide the run's own outcome; `loop sandbox gc` finishes it
+        log.warning("cleanup of run %s failed; run `loop sandbox gc`", ctx.run_id, exc_info=True)
+
+
+def _tracking(record: RunRecord, progress: ProgressCallback | None) -> ProgressCallback:
+    """Keep run.json current (iterations, cost) as events arrive, then pass them on."""
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "usage":
+            record.update_summary(cost_usd=event["cost_usd"], tokens=event["tokens"])
+        elif kind == "node" and event.get("event") == "start" and event.get("node") == "edit":
+            record.update_summary(iterations=event["iteration"])
+        if progress is not None:
+            progress(event)
+
+    return on_event

@@ -1,0 +1,96 @@
+"""`loop show`: one run, iteration by iteration, from its record (checkpoint state and files)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+from rich.console import Console
+from rich.table import Table
+
+from agentloop.runs import RunRecord
+
+
+def _state(record: RunRecord) -> dict[str, Any]:
+    if not record.checkpoints.exists():
+        return {}
+    conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
+    try:
+        saved = SqliteSaver(conn).get_tuple({"configurable": {"thread_id": record.run_id}})
+        return dict(saved.checkpoint["channel_values"]) if saved else {}
+    finally:
+        conn.close()
+
+
+def _suite_line(result: dict[str, Any]) -> dict[str, Any]:
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, "flaky": 0}
+    for test in result.get("tests", []):
+        counts["flaky" if test.get("flaky") else test["outcome"]] += 1
+    failed = [t["name"] for t in result.get("tests", []) if t["outcome"] in ("failed", "error") and not t.get("flaky")]
+    return {"name": result["name"], "kind": result.get("kind", "suite"), "ran": result.get("ran", True),
+            "counts": counts, "failed": failed, "error": result.get("error")}
+
+
+def run_details(record: RunRecord) -> dict[str, Any]:
+    """Summary, then each iteration: changed files, deploy, suites and plans, diagnosis, edit usage."""
+    summary = record.summary()
+    state = _state(record)
+    iterations = []
+    for attempt in state.get("attempts") or []:
+        edit = attempt.get("edit") or {}
+        deploy = attempt.get("deploy") or {}
+        verdict = attempt.get("verdict") or {}
+        iterations.append({
+            "iteration": attempt.get("iteration"),
+            "edit": {"summary": edit.get("summary", ""), "turns": edit.get("turns"), "stop_reason": edit.get("stop_reason"),
+                     "cost_usd": (edit.get("usage") or {}).get("cost_usd", 0.0)},
+            "changed_files": attempt.get("changed_files") or [],
+            "deploy": {"ok": deploy.get("ok"), "forked": deploy.get("forked", []), "error": deploy.get("error")},
+            "verdict": {"passed": verdict.get("passed"), "reasons": verdict.get("reasons", []),
+                        "results": [_suite_line(r) for r in verdict.get("results", [])]} if verdict else None,
+            "diagnosis": (attempt.get("diagnosis") or {}).get("summary"),
+        })
+    return {
+        "run": summary.model_dump(mode="json") | {"duration": round(summary.duration, 1)},
+        "branch": state.get("branch"),
+        "worktree": state.get("worktree"),
+        "sandbox": state.get("sandbox"),
+        "iterations": iterations,
+        "events": record.events(),
+        "record": str(record.dir),
+    }
+
+
+def render_details(details: dict[str, Any], console: Console) -> None:
+    run = details["run"]
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
+    console.print(f"[bold]{run['id']}[/bold]  issue #{run['issue']} {run['issue_title']}")
+    console.print(f"status {run['status']}  iterations {run['iterations']}  started {started}  "
+                  f"duration {run['duration']:.0f}s  cost ${run['cost_usd']:.4f}  model {run['model']}")
+    if run.get("pull_request"):
+        console.print(f"pull request: {run['pull_request']}")
+    if details.get("branch"):
+        console.print(f"branch {details['branch']}")
+    if run.get("message"):
+        console.print(run["message"])
+    for it in details["iterations"]:
+        console.rule(f"iteration {it['iteration']}")
+        console.print(f"edit: {it['edit']['stop_reason']} in {it['edit']['turns']} turns; "
+                      f"changed {', '.join(it['changed_files']) or 'nothing'}")
+        deploy = it["deploy"]
+        console.print(f"deploy: {'ok' if deploy['ok'] else 'failed'}; forks {', '.join(deploy['forked']) or 'none'}"
+                      + (f"; {deploy['error']}" if deploy.get("error") else ""))
+        if it["verdict"]:
+            table = Table("check", "passed", "failed", "skipped", "flaky", "failing tests")
+            for res in it["verdict"]["results"]:
+                c = res["counts"]
+                table.add_row(res["name"], str(c["passed"]), str(c["failed"] + c["error"]), str(c["skipped"]),
+                              str(c["flaky"]), ", ".join(res["failed"])[:80] or (res["error"] or ""))
+            console.print(table)
+            console.print(("[green]passed[/green]" if it["verdict"]["passed"] else "[red]failed[/red]") + ": "
+                          + "; ".join(it["verdict"]["reasons"]))
+        if it["diagnosis"]:
+            console.print(f"[dim]{it['diagnosis'][:600]}[/dim]")
+    console.print(f"record: {details['record']}")
