@@ -1,0 +1,97 @@
+"""The command line as a user meets it: real subprocesses of `loop`, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MakeRepo
+
+CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q"}]}
+
+
+def loop(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert text.startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in text, (needle, result.stderr)
+
+
+def test_not_a_git_repository(tmp_path: Path) -> None:
+    assert_one_line_error(loop("fix", "1", cwd=tmp_path), "not a git repository", "git init")
+
+
+def test_missing_loop_yaml(make_repo: MakeRepo) -> None:
+    repo = make_repo({"README": "x"})
+    assert_one_line_error(loop("fix", "1", cwd=repo), "loop.yaml", "not found")
+
+
+def test_invalid_loop_yaml_names_the_field(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, {"services": {"web": {"path": "web"}}})
+    assert_one_line_error(loop("fix", "1", cwd=repo), "loop.yaml", "services.web.run")
+
+
+def test_unknown_key_in_loop_yaml(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, {"services": {}, "agnet": {}})
+    assert_one_line_error(loop("fix", "1", cwd=repo), "agnet")
+
+
+def test_yaml_syntax_error_names_the_line(make_repo: MakeRepo) -> None:
+    repo = make_repo({"loop.yaml": "services:\n  web: [unclosed\n"})
+    assert_one_line_error(loop("fix", "1", cwd=repo), "loop.yaml", "line")
+
+
+def test_unknown_issue(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, CONFIG)
+    assert_one_line_error(loop("fix", "issue-7", "--model", "replay:/nonexistent", cwd=repo), ".loop/issues/7.md")
+
+
+def test_bad_issue_reference(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, CONFIG)
+    assert_one_line_error(loop("fix", "seven", cwd=repo), "issue-123")
+
+
+def test_dirty_worktree_is_refused_and_left_alone(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "x = 1\n", ".loop/issues/1.md": "# t\n"}, CONFIG)
+    (repo / "a.py").write_text("x = 2\n")
+    assert_one_line_error(loop("fix", "1", cwd=repo), "uncommitted changes", "a.py")
+    assert (repo / "a.py").read_text() == "x = 2\n"
+
+
+def test_missing_api_key_for_a_claude_model(make_repo: MakeRepo) -> None:
+    repo = make_repo({".loop/issues/1.md": "# t\n"}, CONFIG)
+    assert_one_line_error(loop("fix", "1", "--model", "claude-sonnet-4-5", cwd=repo), "ANTHROPIC_API_KEY")
+
+
+def test_unknown_run_id(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, CONFIG)
+    for command in (["show", "r-nope"], ["resume", "r-nope"], ["verify", "r-nope"]):
+        assert_one_line_error(loop(*command, cwd=repo), "r-nope", "loop runs")
+
+
+def test_runs_lists_nothing_then_json_is_a_list(make_repo: MakeRepo) -> None:
+    repo = make_repo({}, CONFIG)
+    result = loop("runs", "--json", cwd=repo)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("ref", ["issue-1", "#1", "1", "https://github.com/acme/shop/issues/1"])
+def test_issue_reference_forms(ref: str) -> None:
+    from agentloop.runner import parse_issue_ref
+
+    assert parse_issue_ref(ref) == 1

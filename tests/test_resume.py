@@ -1,0 +1,100 @@
+"""Killed and interrupted runs, resumed: real `loop` processes, SIGKILL and SIGINT, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import MakeRepo, create, git, replace, write_cassette
+from test_graph import CALC_FILES, TEST_ADD, WEB_APP, WEB_TEST
+
+
+def _start(repo: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentloop.cli", *args], cwd=repo, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def _wait_for_event(repo: Path, node: str, proc: subprocess.Popen[str], timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for events in (repo / ".loop" / "runs").glob("*/events.jsonl"):
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event["node"] == node and event["event"] == "start":
+                    return events.parent.name
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.1)
+    raise AssertionError(f"{node} never started")
+
+
+def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180)
+
+
+def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    repo = make_repo(CALC_FILES, {
+        "services": {},
+        "validate": [{"suite": "unit", "run": f"while [ -e {hold} ]; do sleep 0.1; done; python3 -m pytest -q tests"}],
+    })
+    cassette = write_cassette(tmp_path / "c.json", [[TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a + b\n\n\ndef sub")]])
+    proc = _start(repo, "fix", "1", "--model", f"replay:{cassette}")
+    run_id = _wait_for_event(repo, "validate", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    hold.unlink()
+
+    listed = json.loads(_run(repo, "runs", "--json").stdout)
+    assert [(r["id"], r["status"]) for r in listed] == [(run_id, "interrupted")]
+
+    resumed = _run(repo, "resume", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    branches = git(repo, "branch", "--list", "loop/*").split()
+    assert branches == [f"loop/1-{run_id}"]
+    assert "return a + b" in git(repo, "show", f"loop/1-{run_id}:calc.py")
+    assert len(list((repo / ".git" / "loop" / "pulls").glob("*.json"))) == 1
+    events = [json.loads(l) for l in (repo / ".loop" / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+    edits = [e for e in events if e["node"] == "edit" and e["event"] == "end"]
+    assert len(edits) == 1, "the edit finished before the kill and must not be redone"
+
+    again = _run(repo, "resume", run_id)
+    assert again.returncode == 2 and "already published" in again.stderr
+
+
+def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRepo, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    repo = make_repo(
+        {"web/app.py": WEB_APP, ".loop/issues/2.md": "# /hello should say hello\n"},
+        {"services": {"web": {"path": "web", "run": "python3 web/app.py --port {port}"}},
+         "validate": [{"suite": "integration", "sandbox": True,
+                       "run": f"while [ -e {hold} ]; do sleep 0.1; done; python3 -m pytest -q tests"}]},
+    )
+    cassette = write_cassette(tmp_path / "c.json", [[create("tests/test_web.py", WEB_TEST), replace("web/app.py", 'b"hi"', 'b"hello"')]])
+    proc = _start(repo, "fix", "2", "--model", f"replay:{cassette}")
+    run_id = _wait_for_event(repo, "validate", proc)
+    os.kill(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    hold.unlink()
+    assert proc.returncode == 130, output
+    assert "loop resume" in output
+
+    from agentloop.config import load_config
+    from agentloop.sandbox.factory import open_backend
+
+    backend = open_backend(repo, load_config(repo))
+    assert backend.get(run_id) is None
+    summary = json.loads((repo / ".loop" / "runs" / run_id / "run.json").read_text())
+    assert summary["status"] == "interrupted"
+
+    resumed = _run(repo, "resume", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert backend.get(run_id) is None
