@@ -1,0 +1,1 @@
+"""What every shop service shares: the HTTP kit, header propagation and logging."""

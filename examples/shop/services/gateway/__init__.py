@@ -1,0 +1,1 @@
+"""The gateway service; run it with `python3 -m services.gateway.app --port PORT`."""

@@ -1,0 +1,1 @@
+"""The orders service; run it with `python3 -m services.orders.app --port PORT`."""
