@@ -1,0 +1,423 @@
+"""The local sandbox backend: a shared baseline of processes on loopback, per-run forks, one router.
+
+Layout under `<state_dir>/local/`:
+  registry.json            the records (see registry.py); also the router's routing table
+  baseline/worktree        detached worktree of `base_branch` the baseline runs from (never your checkout)
+  baseline/logs/*.log      baseline service logs and router.log
+  baseline/data/<service>  the baseline's own copy of each service's SQLite database
+  sandboxes/<name>/        a sandbox's database branches (and its logs when no log_dir is given)
+  requests/<key>.jsonl     the router's request log per route key (`_baseline.jsonl` without a key)
+
+Ownership: records remember the `loop` process that made them (`owner_pid`, default this process).
+`gc` removes a sandbox (or a baseline with no sandboxes left) whose owner died, e.g. a SIGKILLed
+`loop fix`. Set `owner_pid = None` for things meant to outlive the command (`loop sandbox create`);
+those live until `rm`, `baseline down` or their TTL.
+
+`create` is all-or-nothing: when a fork fails, the sandbox is removed and DeployError raised.
+`update` keeps the sandbox: a fork that fails is stopped and dropped (its service falls back to the
+baseline) and DeployError is raised; healthy forks of the same call are swapped in.
+`baseline_down` also removes every sandbox, since none can be reached without the router.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agentloop import git
+from agentloop.config import LoopConfig
+from agentloop.errors import DeployError, LoopError
+from agentloop.records import ForkInfo, SandboxInfo
+from agentloop.sandbox import process, services
+from agentloop.sandbox.registry import (
+    BASELINE,
+    BaselineRecord,
+    ProcessRecord,
+    Registry,
+    RegistryData,
+    SandboxRecord,
+    ServiceProcess,
+)
+from agentloop.sandbox.router import BASELINE_LOG, SIGNADOT_KEY
+from agentloop.sandbox.stamp import slice_log
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+BASELINE_NAME = "baseline"
+
+
+class LocalSandboxBackend:
+    name = "local"
+
+    def __init__(self, repo: Path, config: LoopConfig, state_dir: Path) -> None:
+        self.repo = repo
+        self.config = config
+        self.root = state_dir / "local"
+        self.registry = Registry(self.root)
+        self.owner_pid: int | None = os.getpid()
+
+    # ---- baseline -------------------------------------------------------------------------------
+
+    def baseline_up(self) -> bool:
+        with self.registry.locked():
+            data = self.registry.read()
+            if data.baseline is not None and data.baseline.ready and self._baseline_alive(data.baseline):
+                return False
+            if data.baseline is not None:
+                log.warning("baseline is partly down; restarting it")
+                self._stop_everything(data)
+            self._start_baseline(data)
+            return True
+
+    def baseline_down(self) -> None:
+        with self.registry.locked():
+            data = self.registry.read()
+            if data.sandboxes:
+                log.warning("baseline down also removes sandboxes: %s", ", ".join(sorted(data.sandboxes)))
+            self._stop_everything(data)
+        worktree = self._baseline_dir / "worktree"
+        if worktree.exists():
+            git.remove_worktree(git.open_repo(self.repo), worktree)
+        shutil.rmtree(self._baseline_dir / "data", ignore_errors=True)
+
+    def baseline_status(self) -> dict[str, object]:
+        baseline = self.registry.read().baseline
+        if baseline is None:
+            return {"up": False}
+        urls = self._router_urls(baseline)
+        described = services.describe(baseline.services)
+        for name, entry in described.items():
+            entry["url"] = urls.get(name, "")
+        return {
+            "up": baseline.ready and self._baseline_alive(baseline),
+            "commit": baseline.commit,
+            "worktree": baseline.worktree,
+            "started_at": baseline.started_at,
+            "owner_pid": baseline.owner.pid if baseline.owner else None,
+            "router_pid": baseline.router.pid if baseline.router else None,
+            "services": described,
+            "sandboxes": sorted(self.registry.read().sandboxes),
+        }
+
+    # ---- sandboxes ------------------------------------------------------------------------------
+
+    def create(self, name: str, forks: dict[str, Path], *, log_dir: Path | None = None) -> SandboxInfo:
+        self._check(name, forks)
+        baseline = self._require_baseline()
+        now = time.time()
+        with self.registry.edit() as data:
+            if name in data.sandboxes:
+                raise LoopError(f"sandbox {name!r} already exists; use `loop sandbox rm {name}` or update it")
+            data.sandboxes[name] = SandboxRecord(
+                name=name, route_key=secrets.token_hex(8), created_at=now, expires_at=now + self.config.sandbox.ttl,
+                owner=self._owner(), log_dir=str(log_dir or self._sandbox_dir(name) / "logs"),
+            )
+        try:
+            self._deploy(name, forks, baseline)
+        except BaseException:
+            self.remove(name)
+            raise
+        return self._mark_ready(name)
+
+    def update(self, name: str, forks: dict[str, Path]) -> SandboxInfo:
+        record = self._require(name)
+        self._check(name, forks)
+        changed = {
+            service: source for service, source in forks.items()
+            if not self._unchanged(record.forks.get(service), service, source)
+        }
+        if changed:
+            self._deploy(name, changed, self._require_baseline())
+        return self._mark_ready(name)
+
+    def get(self, name: str) -> SandboxInfo | None:
+        data = self.registry.read()
+        record = data.sandboxes.get(name)
+        return None if record is None else self._info(record, data.baseline)
+
+    def list(self) -> list[SandboxInfo]:
+        data = self.registry.read()
+        records = sorted(data.sandboxes.values(), key=lambda r: r.created_at)
+        return [self._info(record, data.baseline) for record in records]
+
+    def logs(self, name: str, service: str, *, since: float | None = None, until: float | None = None) -> str:
+        data = self.registry.read()
+        if name != BASELINE_NAME and name not in data.sandboxes:
+            raise LoopError(f"no sandbox named {name!r}; see `loop sandbox ls`")
+        if service == "router":
+            return slice_log(self._baseline_dir / "logs" / "router.log", since, until)
+        if service not in self.config.services:
+            raise LoopError(f"unknown service {service!r}; loop.yaml has {', '.join(self.config.services)}")
+        fork = data.sandboxes[name].forks.get(service) if name in data.sandboxes else None
+        if fork is not None:
+            return slice_log(Path(fork.log_path), since, until)
+        return slice_log(self._baseline_dir / "logs" / f"{service}.log", since, until)
+
+    def requests(self, name: str) -> list[dict[str, Any]]:
+        """The router's records of requests that carried this sandbox's route key (or none, for
+        `baseline`): time, sandbox, service, method, path, target, url, status, latency_ms."""
+        if name == BASELINE_NAME:
+            path = self.root / "requests" / f"{BASELINE_LOG}.jsonl"
+        else:
+            path = self.root / "requests" / f"{self._require(name).route_key}.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def remove(self, name: str) -> None:
+        with self.registry.edit() as data:
+            record = data.sandboxes.pop(name, None)
+        if record is None:
+            return
+        for fork in record.forks.values():
+            process.stop(fork)
+        shutil.rmtree(self._sandbox_dir(name), ignore_errors=True)
+        (self.root / "requests" / f"{record.route_key}.jsonl").unlink(missing_ok=True)
+
+    def gc(self, *, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        removed: list[str] = []
+        for name, record in self.registry.read().sandboxes.items():
+            reason = "expired" if now > record.expires_at else ("owner gone" if self._orphaned(record.owner) else "")
+            if reason:
+                self.remove(name)
+                removed.append(f"sandbox {name} ({reason})")
+        data = self.registry.read()
+        if data.baseline is not None and not data.sandboxes and self._orphaned(data.baseline.owner):
+            self.baseline_down()
+            removed.append("baseline (owner gone)")
+        removed += self._kill_untracked()
+        return removed
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    @property
+    def _baseline_dir(self) -> Path:
+        return self.root / "baseline"
+
+    def _sandbox_dir(self, name: str) -> Path:
+        return self.root / "sandboxes" / name
+
+    def _owner(self) -> ProcessRecord | None:
+        return process.record_of(self.owner_pid) if self.owner_pid is not None else None
+
+    def _orphaned(self, owner: ProcessRecord | None) -> bool:
+        return owner is not None and not process.alive(owner)
+
+    def _check(self, name: str, forks: dict[str, Path]) -> None:
+        if not _NAME.fullmatch(name) or name == BASELINE_NAME:
+            raise LoopError(
+                f"sandbox name {name!r} is not allowed; use lowercase letters, digits, '.', '_', '-' "
+                f"(up to 63, not {BASELINE_NAME!r})"
+            )
+        unknown = sorted(set(forks) - set(self.config.services))
+        if unknown:
+            raise LoopError(f"cannot fork {', '.join(unknown)}: loop.yaml has {', '.join(self.config.services)}")
+
+    def _require(self, name: str) -> SandboxRecord:
+        record = self.registry.read().sandboxes.get(name)
+        if record is None:
+            raise LoopError(f"no sandbox named {name!r}; see `loop sandbox ls`")
+        return record
+
+    def _require_baseline(self) -> BaselineRecord:
+        baseline = self.registry.read().baseline
+        if baseline is None or not baseline.ready or not self._baseline_alive(baseline):
+            raise LoopError("the baseline is not up; run `loop sandbox baseline up`")
+        return baseline
+
+    def _baseline_alive(self, baseline: BaselineRecord) -> bool:
+        return process.alive(baseline.router) and all(process.alive(s) for s in baseline.services.values())
+
+    def _unchanged(self, fork: ServiceProcess | None, service: str, source: Path) -> bool:
+        if fork is None or Path(fork.source) != source.resolve() or not process.alive(fork):
+            return False
+        return fork.code_hash == process.code_hash(source.resolve(), self.config.services[service].path)
+
+    def _router_urls(self, baseline: BaselineRecord | None) -> dict[str, str]:
+        ports = baseline.router_ports if baseline is not None else {}
+        return {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
+
+    def _deploy(self, name: str, forks: dict[str, Path], baseline: BaselineRecord) -> None:
+        record = self._require(name)
+        log_dir = Path(record.log_dir)
+        launched: dict[str, process.Started] = {}
+        fresh: dict[str, ServiceProcess] = {}
+        try:
+            for service, source in forks.items():
+                launched[service], fresh[service] = self._start_fork(name, service, source.resolve(), record, baseline, log_dir)
+        except BaseException:
+            for started in launched.values():
+                process.stop(started.record)
+            raise
+        healthy, failure = services.wait_all(launched, self.config.services)
+        with self.registry.edit() as data:
+            current = data.sandboxes.get(name)
+            if current is None:
+                raise LoopError(f"sandbox {name!r} was removed while it was being deployed")
+            superseded = [current.forks[s] for s in forks if s in current.forks]
+            for service in forks:
+                current.forks.pop(service, None)
+            current.forks.update({service: fresh[service] for service in healthy})
+        for old in superseded:
+            process.stop(old)
+        if failure is not None:
+            raise failure
+
+    def _start_fork(
+        self, name: str, service: str, source: Path, record: SandboxRecord, baseline: BaselineRecord, log_dir: Path,
+    ) -> tuple[process.Started, ServiceProcess]:
+        config = self.config.services[service]
+        db_path: Path | None = None
+        if config.database is not None:
+            previous = record.forks.get(service)
+            if previous is not None and previous.db_path:
+                db_path = Path(previous.db_path)  # a restarted fork keeps the sandbox's branch
+            else:
+                parent = baseline.services[service].db_path if service in baseline.services else None
+                db_path = services.branch_database(
+                    self._sandbox_dir(name) / "data" / service / Path(config.database.path).name,
+                    parent=Path(parent) if parent else None, seed=source / config.database.path,
+                )
+        return services.start(
+            service, config, source=source, log_path=log_dir / f"{service}.log", db_path=db_path,
+            router_urls=self._router_urls(baseline), tag=(str(self.registry.path), name),
+        )
+
+    def _mark_ready(self, name: str) -> SandboxInfo:
+        with self.registry.edit() as data:
+            record = data.sandboxes[name]
+            record.ready = True
+            baseline = data.baseline
+        return self._info(record, baseline)
+
+    def _info(self, record: SandboxRecord, baseline: BaselineRecord | None) -> SandboxInfo:
+        urls = self._router_urls(baseline)
+        entry = next(iter(urls.values()), "")
+        key = record.route_key
+        return SandboxInfo(
+            name=record.name, backend=self.name, route_key=key, router_url=entry, service_urls=urls,
+            routing_headers={"baggage": f"{SIGNADOT_KEY}={key}", self.config.sandbox.route_header: key},
+            link=f"{entry}/__loop/preview?key={key}" if entry else None,
+            created_at=record.created_at, expires_at=record.expires_at,
+            forks={
+                service: ForkInfo(
+                    service=service, url=fork.url, pid=fork.pid, source=fork.source,
+                    code_hash=fork.code_hash, log_path=fork.log_path,
+                )
+                for service, fork in record.forks.items()
+            },
+        )
+
+    def _start_baseline(self, data: RegistryData) -> None:
+        """Called under the registry lock with `data` freshly read."""
+        repo = git.open_repo(self.repo)
+        commit = git.resolve_base(repo, self.config.base_branch)
+        worktree = self._baseline_dir / "worktree"
+        if worktree.exists():
+            git.remove_worktree(repo, worktree)
+        worktree.parent.mkdir(parents=True, exist_ok=True)
+        git.add_worktree(repo, worktree, branch=None, commit=commit)
+        sockets = {name: _listening_socket() for name in self.config.services}
+        baseline = BaselineRecord(
+            commit=commit, worktree=str(worktree), started_at=time.time(),
+            owner=process.record_of(os.getpid()),  # the starter, until ready; see _finish_baseline
+            router_ports={name: sock.getsockname()[1] for name, sock in sockets.items()},
+        )
+        data.baseline = baseline
+        self.registry.write(data)
+        try:
+            baseline.router = self._start_router(sockets)
+        finally:
+            for sock in sockets.values():
+                sock.close()
+        launched: dict[str, process.Started] = {}
+        try:
+            for name, config in self.config.services.items():
+                db_path = None
+                if config.database is not None:
+                    db_path = services.branch_database(
+                        self._baseline_dir / "data" / name / Path(config.database.path).name,
+                        parent=None, seed=worktree / config.database.path,
+                    )
+                launched[name], baseline.services[name] = services.start(
+                    name, config, source=worktree, log_path=self._baseline_dir / "logs" / f"{name}.log",
+                    db_path=db_path, router_urls=self._router_urls(baseline), tag=(str(self.registry.path), BASELINE),
+                )
+                self.registry.write(data)
+            _, failure = services.wait_all(launched, self.config.services)
+        except BaseException:
+            self._stop_everything(data)
+            raise
+        if failure is not None:
+            self._stop_everything(data)
+            raise DeployError(
+                f"baseline: {failure}", service=failure.service, exit_code=failure.process_exit_code,
+                log_tail=failure.log_tail,
+            )
+        baseline.owner = self._owner()
+        baseline.ready = True
+        self.registry.write(data)
+
+    def _start_router(self, sockets: dict[str, socket.socket]) -> ProcessRecord:
+        log_path = self._baseline_dir / "logs" / "router.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "agentloop.sandbox.router", "--registry", str(self.registry.path),
+            "--requests", str(self.root / "requests"), "--route-header", self.config.sandbox.route_header,
+        ]
+        for name, sock in sockets.items():
+            argv += ["--listen", f"{name}={sock.fileno()}"]
+        with log_path.open("ab") as log_file:
+            router = subprocess.Popen(
+                argv, pass_fds=[sock.fileno() for sock in sockets.values()], start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            )
+        return process.record_of(router.pid)
+
+    def _stop_everything(self, data: RegistryData) -> None:
+        """Stop the baseline and every sandbox in `data`, then record that (caller holds the lock)."""
+        for record in data.sandboxes.values():
+            for fork in record.forks.values():
+                process.stop(fork)
+        if data.baseline is not None:
+            for service in data.baseline.services.values():
+                process.stop(service)
+            process.stop(data.baseline.router)
+        data.baseline = None
+        data.sandboxes = {}
+        self.registry.write(data)
+
+    def _kill_untracked(self) -> list[str]:
+        """Stop tagged processes whose record is gone (their `loop` died between start and record)."""
+        with self.registry.locked():
+            data = self.registry.read()
+            removed = []
+            for pid, tag in process.tagged_processes(self.registry.path):
+                if tag == "__router__":
+                    keep = data.baseline is not None and data.baseline.router is not None and data.baseline.router.pid == pid
+                else:
+                    keep = data.baseline is not None if tag == BASELINE else tag in data.sandboxes
+                if not keep:
+                    process.stop(process.record_of(pid))
+                    removed.append(f"process {pid} ({tag.strip('_')}: record gone)")
+            return removed
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    return sock

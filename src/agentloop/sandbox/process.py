@@ -1,0 +1,242 @@
+"""Service processes: start (own process group, timestamped log), health with backoff, stop, liveness.
+
+Every process is started with `start_new_session=True`, so it leads its own process group and
+stopping it (SIGTERM to the group, SIGKILL after a grace period) leaves nothing behind.
+Liveness compares the pid's start time (from /proc) with the recorded one, so a recycled pid is never
+mistaken for ours and never killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from agentloop.errors import DeployError
+from agentloop.sandbox.registry import ProcessRecord
+from agentloop.sandbox.stamp import tail
+
+log = logging.getLogger(__name__)
+
+_HASH_SKIP_DIRS = {"__pycache__", ".git", "node_modules", ".venv", ".pytest_cache", ".mypy_cache"}
+_HASH_SKIP_SUFFIXES = (".pyc", ".pyo")
+_STOP_GRACE = 3.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); a zombie has finished and only waits to be reaped.
+    return None if fields[0] == "Z" else fields[19]
+
+
+def record_of(pid: int) -> ProcessRecord:
+    return ProcessRecord(pid=pid, start_time=start_time(pid))
+
+
+def alive(record: ProcessRecord | None) -> bool:
+    if record is None:
+        return False
+    _reap(record.pid)
+    now = start_time(record.pid)
+    return now is not None and (record.start_time is None or now == record.start_time)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited children so they do not linger as zombies."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(record: ProcessRecord | None, *, grace: float = _STOP_GRACE) -> None:
+    """Stop the process group led by `record` (if it is still the process we started): SIGTERM, then
+    SIGKILL for whatever is left once the leader is gone or the grace period is over."""
+    if record is None or not alive(record):
+        return
+    _signal_group(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive(record) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _signal_group(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while (alive(record) or _group_members(record.pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group. Zombies are skipped: in a container the init
+    process may take a while to reap them, and they hold no port or file."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def code_hash(root: Path, service_path: str) -> str:
+    """sha256 over the relative names and contents of the files under `root/service_path`."""
+    digest = hashlib.sha256()
+    base = root / service_path
+    for directory, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if d not in _HASH_SKIP_DIRS)
+        for name in sorted(files):
+            if name.endswith(_HASH_SKIP_SUFFIXES):
+                continue
+            path = Path(directory) / name
+            digest.update(path.relative_to(base).as_posix().encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                continue
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[bytes]
+    record: ProcessRecord
+    port: int
+    log_path: Path
+
+
+def launch(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    port: int,
+    tag: tuple[str, str, str],
+) -> Started:
+    """Run the shell `command` under the stamping launcher; `tag` is (registry, sandbox, service)."""
+    registry, sandbox, service = tag
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "agentloop.sandbox.stamp", "--log", str(log_path),
+        "--registry", registry, "--sandbox", sandbox, "--service", service, "--", "/bin/sh", "-c", command,
+    ]
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=dict(env), start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    log.info("started %s/%s pid %s port %s: %s", sandbox, service, process.pid, port, command)
+    return Started(process, record_of(process.pid), port, log_path)
+
+
+class _NotReady(Exception):
+    pass
+
+
+class _Exited(Exception):
+    pass
+
+
+def wait_healthy(started: Started, *, service: str, health: str, timeout: float) -> None:
+    """Poll the health path with exponential backoff until 2xx; on crash or timeout stop the process
+    group and raise DeployError carrying the exit code and the log tail."""
+    url = f"http://127.0.0.1:{started.port}{health}"
+
+    def probe(client: httpx.Client) -> None:
+        if started.process.poll() is not None:
+            raise _Exited
+        response = client.get(url)
+        if response.status_code >= 300:
+            raise _NotReady(f"{url} answered {response.status_code}")
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((httpx.HTTPError, _NotReady)),
+        wait=wait_exponential(multiplier=0.01, max=0.25),
+        stop=stop_after_delay(timeout),
+        reraise=True,
+    )
+    try:
+        with httpx.Client(trust_env=False, timeout=min(2.0, timeout)) as client:
+            retrying(probe, client)
+        return
+    except _Exited:
+        code = started.process.wait()
+        _wait_for_log(started.log_path)
+        stop(started.record)
+        raise DeployError(
+            f"service {service!r} exited with code {code} before it was healthy; see {started.log_path}",
+            service=service, exit_code=code, log_tail=tail(started.log_path),
+        ) from None
+    except (httpx.HTTPError, _NotReady) as exc:
+        stop(started.record)
+        started.process.wait()
+        raise DeployError(
+            f"service {service!r} not healthy at {url} within {timeout:g}s ({exc}); see {started.log_path}",
+            service=service, exit_code=None, log_tail=tail(started.log_path),
+        ) from None
+
+
+def _wait_for_log(path: Path) -> None:
+    """The launcher writes its exit line just before exiting; make sure the tail includes it."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not (path.is_file() and b"[loop] exited" in path.read_bytes()[-200:]):
+        time.sleep(0.01)
+
+
+def tagged_processes(registry: Path) -> list[tuple[int, str]]:
+    """(pid, sandbox) of live launchers and routers tagged with this registry (Linux /proc scan)."""
+    found: list[tuple[int, str]] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [part.decode(errors="replace") for part in argv]
+        if "--registry" not in args or str(registry) not in args:
+            continue
+        if "agentloop.sandbox.stamp" in args and "--sandbox" in args:
+            found.append((int(entry.name), args[args.index("--sandbox") + 1]))
+        elif "agentloop.sandbox.router" in args:
+            found.append((int(entry.name), "__router__"))
+    return found

@@ -1,0 +1,260 @@
+"""The local router: one stable loopback address per service, routing each request by route key.
+
+Run as its own process (``python -m agentloop.sandbox.router``) so it outlives any single `loop`
+command: the baseline is brought up in one terminal and used by `loop fix` runs in others. The listening
+sockets are bound by the process that starts the router and inherited as file descriptors
+(``--listen SERVICE=FD``), so the ports are known before the router runs and no other process can take
+them in between.
+
+The routing table is the registry file (see `registry.py`): the router re-reads it whenever its
+inode, size or mtime changes (one `stat` per request), so `create`/`update`/`rm` take effect on the
+next request with no admin endpoint to keep in step.
+
+A request goes to a sandbox's fork of the service when it carries the sandbox's route key as
+`sd-routing-key=<key>` in the W3C `baggage` or `tracestate` header (what Signadot-instrumented services
+already propagate), in the project's own header (`sandbox.route_header`), or in the `loop-route` cookie
+set by the preview link (``/__loop/preview?key=K``); otherwise, and for services the sandbox did not fork,
+to the baseline. Bodies are streamed both ways; upstream connections are pooled and kept alive. Every
+request appends one JSON line (time, sandbox, service, method, path, target, url, status, latency_ms)
+to ``<requests-dir>/<route key>.jsonl`` (``_baseline.jsonl`` for requests without a known key).
+
+aiohttp is used for both the server and the client: one well-kept library with a C HTTP parser,
+streaming and keep-alive pooling, which keeps the added latency well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+log = logging.getLogger("agentloop.sandbox.router")
+
+COOKIE = "loop-route"
+SIGNADOT_KEY = "sd-routing-key"
+BASELINE_LOG = "_baseline"
+_HOP_BY_HOP = frozenset(
+    h.lower() for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
+    )
+)
+
+
+def route_key_of(headers: CIMultiDictProxy[str], cookies: dict[str, str], route_header: str) -> str | None:
+    """The route key a request carries, if any (baggage, tracestate, project header, preview cookie)."""
+    for name in ("baggage", "tracestate"):
+        for value in headers.getall(name, ()):
+            for member in value.split(","):
+                key, _, rest = member.partition("=")
+                if key.strip() == SIGNADOT_KEY:
+                    return rest.split(";", 1)[0].strip() or None
+    own = headers.get(route_header)
+    if own:
+        return own.strip()
+    return cookies.get(COOKIE) or None
+
+
+class RoutingTable:
+    """The registry file seen as routes; reloaded when the file changes."""
+
+    def __init__(self, registry: Path) -> None:
+        self._registry = registry
+        self._signature: tuple[int, int, int] | None = None
+        self.baseline: dict[str, str] = {}
+        self.sandboxes: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def refresh(self) -> None:
+        try:
+            stat = os.stat(self._registry)
+        except FileNotFoundError:
+            self.baseline, self.sandboxes, self._signature = {}, {}, None
+            return
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if signature == self._signature:
+            return
+        data = json.loads(self._registry.read_bytes())
+        baseline = data.get("baseline") or {}
+        self.baseline = {name: svc["url"] for name, svc in (baseline.get("services") or {}).items()}
+        self.sandboxes = {
+            box["route_key"]: (name, {svc: fork["url"] for svc, fork in box.get("forks", {}).items()})
+            for name, box in (data.get("sandboxes") or {}).items()
+        }
+        self._signature = signature
+
+    def resolve(self, service: str, key: str | None) -> tuple[str | None, str | None, str]:
+        """(sandbox name or None, upstream url or None, "fork" | "baseline")."""
+        sandbox = self.sandboxes.get(key) if key else None
+        if sandbox is not None and service in sandbox[1]:
+            return sandbox[0], sandbox[1][service], "fork"
+        return (sandbox[0] if sandbox else None), self.baseline.get(service), "baseline"
+
+
+class Router:
+    def __init__(self, registry: Path, requests_dir: Path, route_header: str) -> None:
+        self.table = RoutingTable(registry)
+        self._requests_dir = requests_dir
+        self._route_header = route_header
+        self._logs: dict[str, IO[str]] = {}
+        self._session: ClientSession | None = None
+
+    async def start_session(self) -> None:
+        self._session = ClientSession(
+            connector=TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=ClientTimeout(total=None, sock_connect=5),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        for handle in self._logs.values():
+            handle.close()
+
+    def app_for(self, service: str) -> web.Application:
+        app = web.Application(client_max_size=0)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if request.path.startswith("/__loop/"):
+                return self._control(request, service)
+            return await self._proxy(request, service)
+
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return app
+
+    def _control(self, request: web.Request, service: str) -> web.StreamResponse:
+        if request.path == "/__loop/preview":
+            key = request.query.get("key", "")
+            target = request.query.get("next", "/")
+            if not target.startswith("/") or target.startswith("//"):
+                target = "/"  # never an open redirect to another host
+            response = web.HTTPFound(target)
+            if key:
+                response.set_cookie(COOKIE, key, path="/", httponly=True, samesite="Lax")
+            else:
+                response.del_cookie(COOKIE, path="/")
+            return response
+        if request.path == "/__loop/health":
+            return web.json_response({"service": service, "pid": os.getpid()})
+        return web.Response(status=404, text="loop router: unknown control path\n")
+
+    async def _proxy(self, request: web.Request, service: str) -> web.StreamResponse:
+        started = time.perf_counter()
+        self.table.refresh()
+        key = route_key_of(request.headers, dict(request.cookies), self._route_header)
+        sandbox, upstream_url, target = self.table.resolve(service, key)
+        status = 502
+        try:
+            if upstream_url is None:
+                status = 503
+                return web.Response(status=503, text=f"loop router: no baseline for service {service!r}\n")
+            response = await self._forward(request, upstream_url)
+            status = response.status
+            return response
+        except (TimeoutError, ClientError, OSError) as exc:
+            return web.Response(status=502, text=f"loop router: {service} at {upstream_url} failed: {exc}\n")
+        finally:
+            self._record(key if sandbox else None, sandbox, service, request, target, upstream_url, status, started)
+
+    async def _forward(self, request: web.Request, upstream_url: str) -> web.StreamResponse:
+        assert self._session is not None
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
+        async with self._session.request(
+            request.method,
+            URL(upstream_url + request.raw_path, encoded=True),
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+        ) as upstream:
+            response = web.StreamResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP),
+            )
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    def _record(
+        self, key: str | None, sandbox: str | None, service: str, request: web.Request, target: str,
+        url: str | None, status: int, started: float,
+    ) -> None:
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "sandbox": sandbox, "service": service, "method": request.method, "path": request.path,
+            "target": target, "url": url, "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        # Keyed by route key, not name: a removed sandbox's log is deleted and a new sandbox of the same
+        # name gets a new key, so this process never appends to a stale, unlinked file.
+        name = key or BASELINE_LOG
+        handle = self._logs.get(name)
+        if handle is None:
+            self._requests_dir.mkdir(parents=True, exist_ok=True)
+            handle = self._logs[name] = (self._requests_dir / f"{name}.jsonl").open("a", encoding="utf-8")
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+
+
+async def _serve(router: Router, listen: dict[str, socket.socket]) -> None:
+    await router.start_session()
+    runners = []
+    for service, sock in listen.items():
+        runner = web.AppRunner(router.app_for(service), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        runners.append(runner)
+    log.info("router serving %s", ", ".join(f"{s}=:{k.getsockname()[1]}" for s, k in listen.items()))
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()
+    for runner in runners:
+        await runner.cleanup()
+    await router.close()
+
+
+class _IsoFormatter(logging.Formatter):
+    """The same ISO-8601 UTC prefix as service logs, so `logs` slices the router's log too."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentloop.sandbox.router")
+    parser.add_argument("--registry", required=True, type=Path)
+    parser.add_argument("--requests", required=True, type=Path, help="Directory of request logs.")
+    parser.add_argument("--route-header", default="x-loop-route")
+    parser.add_argument("--listen", action="append", default=[], help="SERVICE=FD of a listening socket.")
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_IsoFormatter("%(asctime)s router %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    listen: dict[str, socket.socket] = {}
+    for item in args.listen:
+        service, _, fd = item.partition("=")
+        listen[service] = socket.socket(fileno=int(fd))
+    asyncio.run(_serve(Router(args.registry, args.requests, args.route_header), listen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

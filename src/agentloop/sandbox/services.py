@@ -1,0 +1,117 @@
+"""Turning a `loop.yaml` service into a running process: placeholders, env, database branch, health.
+
+A service's `run` and `env` values may use `{port}` (the port it must listen on), `{database}` (its
+own SQLite copy) and `{services.NAME.url}` (NAME's stable router address, so calls between services go
+through the router and keep their route key). The command runs with cwd = the source root (the
+worktree root, not the service's `path`), a scrubbed environment (no secret-looking variables; add
+what a service needs under its `env`), plus LOOP_SERVICE, PORT and, with a database, LOOP_DB_PATH.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
+
+from agentloop.config import ServiceConfig
+from agentloop.errors import ConfigError, DeployError
+from agentloop.redact import scrubbed_env
+from agentloop.sandbox import process
+from agentloop.sandbox.registry import ServiceProcess
+
+_PLACEHOLDER = re.compile(r"\{(port|database|services\.([\w-]+)\.url)\}")
+
+
+def expand(text: str, *, field: str, port: int, database: str | None, router_urls: Mapping[str, str]) -> str:
+    """Substitute the known placeholders only, so shell braces like `${HOME}` pass through untouched."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) == "port":
+            return str(port)
+        if match.group(1) == "database":
+            if database is None:
+                raise ConfigError(f"loop.yaml: field `{field}` uses {{database}} but the service has no `database:`")
+            return database
+        name = match.group(2)
+        if name not in router_urls:
+            known = ", ".join(sorted(router_urls))
+            raise ConfigError(f"loop.yaml: field `{field}` names unknown service {name!r} (known: {known})")
+        return router_urls[name]
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def branch_database(destination: Path, *, parent: Path | None, seed: Path) -> Path:
+    """Make `destination` a copy of `parent` (a live database, copied with SQLite's online backup so a
+    writer cannot tear it) or else of `seed` (the file in the source tree); neither is ever written."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if parent is not None and parent.is_file():
+        with closing(sqlite3.connect(f"file:{parent}?mode=ro", uri=True)) as src, closing(
+            sqlite3.connect(destination)
+        ) as dst:
+            src.backup(dst)
+    elif seed.is_file():
+        shutil.copyfile(seed, destination)
+    return destination
+
+
+def start(
+    name: str,
+    service: ServiceConfig,
+    *,
+    source: Path,
+    log_path: Path,
+    db_path: Path | None,
+    router_urls: Mapping[str, str],
+    tag: tuple[str, str],
+) -> tuple[process.Started, ServiceProcess]:
+    """Launch one service from `source` on a free port; `tag` is (registry path, sandbox name)."""
+    port = process.free_port()
+    database = str(db_path) if db_path is not None else None
+    prefix = f"services.{name}"
+    env = scrubbed_env()
+    for key, value in service.env.items():
+        env[key] = expand(value, field=f"{prefix}.env.{key}", port=port, database=database, router_urls=router_urls)
+    env.update(LOOP_SERVICE=name, PORT=str(port))
+    if database is not None:
+        env["LOOP_DB_PATH"] = database
+    command = expand(service.run, field=f"{prefix}.run", port=port, database=database, router_urls=router_urls)
+    if not source.is_dir():
+        raise DeployError(f"service {name!r}: source {source} is not a directory", service=name)
+    started = process.launch(
+        command, cwd=source, env=env, log_path=log_path, port=port, tag=(tag[0], tag[1], name)
+    )
+    record = ServiceProcess(
+        pid=started.record.pid, start_time=started.record.start_time, service=name, port=port,
+        url=f"http://127.0.0.1:{port}", source=str(source), code_hash=process.code_hash(source, service.path),
+        log_path=str(log_path), db_path=database,
+    )
+    return started, record
+
+
+def wait_all(
+    launched: dict[str, process.Started], services: Mapping[str, ServiceConfig]
+) -> tuple[list[str], DeployError | None]:
+    """Wait for every launched service to be healthy (they start in parallel). Return the healthy
+    ones and the first failure; a failed service's processes are already stopped."""
+    healthy: list[str] = []
+    failure: DeployError | None = None
+    for name, started in launched.items():
+        config = services[name]
+        try:
+            process.wait_healthy(started, service=name, health=config.health, timeout=config.ready_timeout)
+        except DeployError as exc:
+            failure = failure or exc
+            continue
+        healthy.append(name)
+    return healthy, failure
+
+
+def describe(records: Mapping[str, ServiceProcess]) -> dict[str, dict[str, object]]:
+    return {
+        name: {"upstream": rec.url, "pid": rec.pid, "alive": process.alive(rec), "log": rec.log_path}
+        for name, rec in records.items()
+    }
