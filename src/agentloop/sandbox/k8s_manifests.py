@@ -1,0 +1,251 @@
+"""Pure builders for the objects a Kubernetes sandbox applies: fork Deployments and Services, and
+Istio VirtualService routes. No cluster is touched here, so `loop sandbox create --dry-run` works offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentloop.errors import ConfigError
+
+Obj = dict[str, Any]
+
+SANDBOX_LABEL = "loop.dev/sandbox"
+SERVICE_LABEL = "loop.dev/service"
+FORK_LABEL = "loop.dev/fork"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "loop"}
+ROUTE_KEY_ANNOTATION = "loop.dev/route-key"
+EXPIRES_ANNOTATION = "loop.dev/expires-at"
+CREATED_ANNOTATION = "loop.dev/created-at"
+CODE_HASH_ANNOTATION = "loop.dev/code-hash"
+FORKED_FROM_ANNOTATION = "loop.dev/forked-from"
+ROUTE_KEY_ENTRY = "sd-routing-key"
+ISTIO_GROUP = "networking.istio.io"
+ISTIO_VERSION = "v1beta1"
+# Server-owned fields that must not be copied from a live baseline object into a new one.
+_SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink",
+                    "ownerReferences", "deletionTimestamp")
+_SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision")
+
+
+@dataclass
+class Baseline:
+    """The baseline's Deployments, Services and VirtualServices: read from the cluster or from manifests."""
+
+    deployments: list[Obj] = field(default_factory=list)
+    services: list[Obj] = field(default_factory=list)
+    virtual_services: list[Obj] = field(default_factory=list)
+
+    @classmethod
+    def from_manifests(cls, paths: list[Path]) -> Baseline:
+        baseline = cls()
+        for path in paths:
+            if not path.is_file():
+                raise ConfigError(f"loop.yaml: sandbox.kubernetes.manifests: {path} not found; list existing "
+                                  "YAML files holding the baseline's Deployments, Services and VirtualServices")
+            try:
+                documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)}); "
+                                  "fix the file named in loop.yaml: sandbox.kubernetes.manifests") from None
+            for document in documents:
+                for obj in document.get("items", [document]) if isinstance(document, dict) else []:
+                    baseline.add(obj)
+        return baseline
+
+    def add(self, obj: Obj) -> None:
+        kind = obj.get("kind")
+        target = {"Deployment": self.deployments, "Service": self.services,
+                  "VirtualService": self.virtual_services}.get(str(kind))
+        if target is not None:
+            target.append(obj)
+
+    def service(self, name: str) -> Obj | None:
+        return next((s for s in self.services if s["metadata"]["name"] == name), None)
+
+    def deployment(self, name: str) -> Obj | None:
+        return next((d for d in self.deployments if d["metadata"]["name"] == name), None)
+
+    def deployments_selected_by(self, service: Obj) -> list[Obj]:
+        selector = service.get("spec", {}).get("selector") or {}
+        if not selector:
+            return []
+        return sorted(
+            (d for d in self.deployments
+             if selector.items() <= _pod_labels(d).items()),
+            key=lambda d: str(d["metadata"]["name"]),
+        )
+
+    def mesh_virtual_service(self, host: str, namespace: str) -> Obj | None:
+        """The VirtualService that routes in-mesh traffic for `host`, if any (gateway-only ones don't)."""
+        names = {host, f"{host}.{namespace}", f"{host}.{namespace}.svc", f"{host}.{namespace}.svc.cluster.local"}
+        for vs in self.virtual_services:
+            spec = vs.get("spec", {})
+            gateways = spec.get("gateways") or ["mesh"]
+            if "mesh" in gateways and names & set(spec.get("hosts", [])):
+                return vs
+        return None
+
+
+@dataclass
+class ForkSpec:
+    """Everything that distinguishes one fork from the baseline Deployment it copies."""
+
+    sandbox: str
+    service: str
+    route_key: str
+    image: str
+    code_hash: str
+    env: dict[str, str]
+    created_at: float
+    expires_at: float
+    container: str | None = None
+
+
+def dns_name(*parts: str) -> str:
+    """A DNS-1123 label (what Kubernetes names need): lowercase, dashes, at most 63 characters."""
+    raw = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    if len(raw) <= 63:
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return f"{raw[:54].rstrip('-')}-{digest}"
+
+
+def _pod_labels(deployment: Obj) -> dict[str, str]:
+    return dict(deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {})
+
+
+def _clean_metadata(metadata: Obj, *, name: str, labels: dict[str, str], annotations: dict[str, str]) -> Obj:
+    meta = {k: v for k, v in copy.deepcopy(metadata).items() if k not in _SERVER_METADATA}
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _SERVER_ANNOTATIONS}
+    meta.update(name=name, labels={**(meta.get("labels") or {}), **labels}, annotations={**kept, **annotations})
+    return meta
+
+
+def fork_labels(spec: ForkSpec, fork: str) -> dict[str, str]:
+    return {SANDBOX_LABEL: spec.sandbox, SERVICE_LABEL: spec.service, FORK_LABEL: fork, **MANAGED_BY}
+
+
+def fork_deployment(base: Obj, spec: ForkSpec, *, service_selector: dict[str, str]) -> Obj:
+    """Copy `base` under a name of its own; its pods carry labels the baseline Service never selects."""
+    fork = dns_name(base["metadata"]["name"], "loop", spec.sandbox)
+    labels = fork_labels(spec, fork)
+    annotations = {ROUTE_KEY_ANNOTATION: spec.route_key, EXPIRES_ANNOTATION: f"{spec.expires_at:.0f}",
+                   CREATED_ANNOTATION: f"{spec.created_at:.0f}", CODE_HASH_ANNOTATION: spec.code_hash,
+                   FORKED_FROM_ANNOTATION: base["metadata"]["name"]}
+    obj = copy.deepcopy(base)
+    obj.pop("status", None)
+    obj["apiVersion"], obj["kind"] = "apps/v1", "Deployment"
+    obj["metadata"] = _clean_metadata(base["metadata"], name=fork, labels=labels, annotations=annotations)
+    selected_keys = set(service_selector) | set(base["spec"].get("selector", {}).get("matchLabels", {}))
+    pod_labels = {k: v for k, v in _pod_labels(base).items() if k not in selected_keys}
+    if "app" in _pod_labels(base):
+        pod_labels["app"] = fork  # Istio telemetry groups by `app`; keep it, but never the baseline's value
+    template = obj["spec"]["template"]
+    template.setdefault("metadata", {})
+    template["metadata"]["labels"] = {**pod_labels, **labels}
+    # The hash makes every code change a new pod template, so the rollout restarts even on a reused tag.
+    template["metadata"]["annotations"] = {**(template["metadata"].get("annotations") or {}),
+                                           CODE_HASH_ANNOTATION: spec.code_hash}
+    obj["spec"]["selector"] = {"matchLabels": {SANDBOX_LABEL: spec.sandbox, FORK_LABEL: fork}}
+    obj["spec"]["replicas"] = 1
+    container = _container(template["spec"]["containers"], spec.container, base["metadata"]["name"])
+    container["image"] = spec.image
+    env = [e for e in container.get("env") or [] if e.get("name") not in spec.env]
+    container["env"] = env + [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
+    return obj
+
+
+def _container(containers: list[Obj], wanted: str | None, deployment: str) -> Obj:
+    if wanted is None:
+        return containers[0]
+    for container in containers:
+        if container.get("name") == wanted:
+            return container
+    names = ", ".join(str(c.get("name")) for c in containers)
+    raise ConfigError(f"loop.yaml: sandbox.kubernetes.service_map: container {wanted!r} is not in Deployment "
+                      f"{deployment!r} (it has: {names}); name one of those")
+
+
+def fork_service(base_service: Obj | None, deployment: Obj, spec: ForkSpec) -> Obj:
+    """A Service of the fork's own that selects only the fork's pods, on the baseline Service's ports."""
+    fork = deployment["metadata"]["name"]
+    if base_service is not None:
+        ports = [{k: v for k, v in p.items() if k != "nodePort"} for p in base_service["spec"].get("ports", [])]
+    else:
+        container_ports = deployment["spec"]["template"]["spec"]["containers"][0].get("ports") or []
+        ports = [{"name": p.get("name") or f"port-{p['containerPort']}", "port": p["containerPort"],
+                  "targetPort": p["containerPort"]} for p in container_ports]
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": fork, "labels": fork_labels(spec, fork),
+                     "annotations": {EXPIRES_ANNOTATION: f"{spec.expires_at:.0f}"}},
+        "spec": {"selector": deployment["spec"]["selector"]["matchLabels"], "ports": ports},
+    }
+
+
+def route_matches(route_key: str, route_header: str) -> list[Obj]:
+    """Istio matches (ORed) for the W3C baggage/tracestate entries and the project's own header."""
+    entry = rf"(.*[,;] *)?{ROUTE_KEY_ENTRY}={re.escape(route_key)}([,;].*)?"
+    return [{"headers": {"baggage": {"regex": entry}}}, {"headers": {"tracestate": {"regex": entry}}},
+            {"headers": {route_header.lower(): {"exact": route_key}}}]
+
+
+def routing_headers(route_key: str, route_header: str) -> dict[str, str]:
+    entry = f"{ROUTE_KEY_ENTRY}={route_key}"
+    return {"baggage": entry, "tracestate": entry, route_header: route_key}
+
+
+def route_name(sandbox: str) -> str:
+    return f"loop-{sandbox}"
+
+
+def with_route(existing: Obj | None, *, host: str, namespace: str, sandbox: str, route_key: str,
+               route_header: str, fork_service_obj: Obj) -> Obj:
+    """`existing` with this sandbox's route first (replacing an older one of the same sandbox); a new
+    VirtualService with the route and a default route to `host` when there is none. Other routes stay."""
+    if existing is None:
+        vs: Obj = {"apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}", "kind": "VirtualService",
+                   "metadata": {"name": dns_name("loop", host), "labels": dict(MANAGED_BY)},
+                   "spec": {"hosts": [host], "http": [{"name": "default", "route": [{"destination": {"host": host}}]}]}}
+    else:
+        vs = copy.deepcopy(existing)
+        vs["metadata"] = {k: v for k, v in vs["metadata"].items() if k not in _SERVER_METADATA or k == "resourceVersion"}
+        vs.pop("status", None)
+    destination: Obj = {"host": f"{fork_service_obj['metadata']['name']}.{namespace}.svc.cluster.local"}
+    ports = fork_service_obj["spec"].get("ports", [])
+    if len(ports) > 1:
+        destination["port"] = {"number": ports[0]["port"]}
+    route = {"name": route_name(sandbox), "match": route_matches(route_key, route_header),
+             "route": [{"destination": destination}]}
+    others = [r for r in vs["spec"].get("http", []) if r.get("name") != route_name(sandbox)]
+    vs["spec"]["http"] = [route, *others]
+    return vs
+
+
+def without_route(vs: Obj, sandbox: str) -> Obj:
+    stripped = copy.deepcopy(vs)
+    stripped["spec"]["http"] = [r for r in vs["spec"].get("http", []) if r.get("name") != route_name(sandbox)]
+    return stripped
+
+
+def sandbox_routes(vs: Obj) -> list[str]:
+    """Names of the sandboxes with a route in `vs`."""
+    return [str(r["name"])[len("loop-"):] for r in vs.get("spec", {}).get("http", [])
+            if str(r.get("name", "")).startswith("loop-")]
+
+
+def created_by_loop(vs: Obj) -> bool:
+    return (vs["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "loop"
+
+
+def plan_yaml(objects: list[Obj]) -> str:
+    """The objects as one multi-document YAML stream, as `kubectl apply -f` takes it."""
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
