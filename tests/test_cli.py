@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MakeRepo
+from looptest import MakeRepo
 
 CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q"}]}
 

@@ -12,7 +12,7 @@ import pytest
 from agentloop.runner import fix
 from agentloop.paths import runs_dir
 from agentloop.runs import list_runs
-from conftest import MakeRepo, create, git, replace, write_cassette
+from looptest import MakeRepo, create, git, replace, write_cassette
 
 CALC_FILES = {
     "calc.py": "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n",

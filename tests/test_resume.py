@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import MakeRepo, create, git, replace, write_cassette
+from looptest import MakeRepo, create, git, replace, write_cassette
 from test_graph import CALC_FILES, TEST_ADD, WEB_APP, WEB_TEST
 
 

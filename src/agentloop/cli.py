@@ -70,6 +70,7 @@ def fix(
     review: Annotated[bool, typer.Option(help="Pause before publishing until `loop resume`.")] = False,
     keep_sandbox: Annotated[bool, typer.Option(help="Leave the sandbox up (until its TTL) after the run.")] = False,
     repo: RepoOption = Path("."),
+    run_id: Annotated[str | None, typer.Option("--run-id", hidden=True, help="Use this run id (batch).")] = None,
 ) -> None:
     """Resolve one issue: a run from the issue to a validated pull request."""
     from agentloop.display import LiveDisplay
@@ -77,7 +78,7 @@ def fix(
 
     outcome = run_fix(
         repo, issue, issue_file=issue_file, model=model, record_cassette=record, max_iterations=max_iterations,
-        review=review, keep_sandbox=keep_sandbox, progress=LiveDisplay(err),
+        review=review, keep_sandbox=keep_sandbox, progress=LiveDisplay(err), run_id=run_id,
     )
     _finish(outcome)
 
@@ -162,10 +163,59 @@ def verify(
 def batch(
     issues: Annotated[list[str] | None, typer.Argument(help="Issue references.")] = None,
     label: Annotated[str | None, typer.Option(help="Every open issue with this label.")] = None,
-    parallel: Annotated[int, typer.Option(min=1)] = 4,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many issues.")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="A file with one issue reference per line.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="Runs at once.")] = 4,
+    model: Annotated[str | None, typer.Option(help="Model for every run; `{issue}` is replaced by the number.")] = None,
+    resume_id: Annotated[str | None, typer.Option("--resume", help="Finish what is left of batch ID.")] = None,
+    executor: Annotated[str, typer.Option(help="local (default) or kubernetes.")] = "local",
+    repo: RepoOption = Path("."),
 ) -> None:
-    """Run many issues in parallel on one shared baseline (not supported yet)."""
-    fail("`loop batch` is not supported yet (see README 'Status'); run `loop fix` per issue meanwhile")
+    """Run many issues in parallel on one shared baseline."""
+    from agentloop import batch as batches
+    from agentloop.batch_view import BatchView
+    from agentloop.config import load_config
+    from agentloop.errors import NotSupportedYet
+    from agentloop.forge.factory import open_forge
+
+    if executor != "local":
+        raise NotSupportedYet(f"--executor {executor}: not supported yet; the local executor is the one built")
+    root = repo_root(repo)
+    config = load_config(root)
+    root_runs = runs_dir(root)
+    if resume_id:
+        record = batches.load(root_runs, resume_id)
+        record.status, record.ended_at = "running", None
+    else:
+        refs = list(issues or [])
+        if from_file is not None:
+            refs += batches.read_issue_list(from_file)
+        if label is not None:
+            forge = open_forge(root, config)
+            lister = getattr(forge, "list_issues", None)
+            if lister is None:
+                raise NotSupportedYet(f"--label with the {forge.kind} forge is not supported yet; list the issues")
+            refs += [str(issue.number) for issue in lister(label)]
+        record = batches.new_batch(root, refs[:limit] if limit else refs, model=model, parallel=parallel)
+    started_baseline = False
+    backend = None
+    if config.services:
+        from agentloop.sandbox.factory import open_backend
+
+        backend = open_backend(root, config)
+        started_baseline = backend.baseline_up()
+    view = BatchView(err)
+    err.print(f"batch {record.id}: {len(record.items)} runs, {record.parallel} at once; record {batches.batch_path(root_runs, record.id)}")
+    try:
+        finished = batches.BatchExecutor(record, root_runs, render=view).run()
+    finally:
+        if started_baseline and backend is not None:
+            backend.baseline_down()
+    view.summary(finished)
+    if finished.status == "interrupted":
+        err.print(f"interrupted: `loop batch --resume {finished.id}` finishes what is left")
+        raise typer.Exit(130)
+    raise typer.Exit(0 if all(item.status == "published" for item in finished.items) else 1)
 
 
 @app.command()

@@ -74,6 +74,7 @@ def fix(
     progress: ProgressCallback | None = None,
     runs_root: Path | None = None,
     manage_baseline: bool = True,
+    run_id: str | None = None,
 ) -> RunOutcome:
     """Run the loop on one issue of the repository at `repo`, to a pull request or a failure report."""
     root = repo_root(repo)
@@ -84,12 +85,16 @@ def fix(
     git.resolve_base(git.open_repo(root), config.base_branch)
     forge = forge or open_forge(root, config)
     the_issue = _load_issue(forge, issue, issue_file)
-    chosen_model = resolve_model(model, config)
+    chosen_model = resolve_model(model, config).replace("{issue}", str(the_issue.number))
     from agentloop.agent.factory import check_model
 
     check_model(chosen_model)
 
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", run_id):
+        raise RunNotFound(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    if ((runs_root or runs_dir(root)) / run_id / "run.json").exists():
+        raise RunNotFound(f"run {run_id} already exists; `loop resume {run_id}` continues it")
     record = RunRecord(runs_root or runs_dir(root), run_id)
     record.save_summary(
         RunSummary(

@@ -31,6 +31,13 @@ class LocalForge:
             )
         return parse_issue_file(path, number)
 
+    def list_issues(self, label: str | None = None) -> list[Issue]:
+        """Open issues (every `.loop/issues/<n>.md`), optionally only those with `label`."""
+        folder = self.repo / ISSUES_DIR
+        numbers = sorted(int(p.stem) for p in folder.glob("*.md") if p.stem.isdigit()) if folder.exists() else []
+        issues = [self.get_issue(n) for n in numbers]
+        return [i for i in issues if label is None or label in i.labels]
+
     def find_pull_request(self, branch: str) -> PullRequest | None:
         for path in sorted(self._pulls.glob("*.json")) if self._pulls.exists() else []:
             pull = PullRequest.model_validate_json(path.read_text(encoding="utf-8"))
@@ -62,13 +69,18 @@ class LocalForge:
 
 
 def parse_issue_file(path: Path, number: int) -> Issue:
-    """`# Title` on the first line, the body after it. Any text file works; a missing title is the first line."""
+    """`# Title` on the first line, an optional `labels: a, b` line, then the body."""
     text = path.read_text(encoding="utf-8").strip()
     if not text:
         raise IssueNotFound(f"{path}: the issue file is empty; write a `# title` line and a description")
     first, _, rest = text.partition("\n")
     title = first.lstrip("#").strip() or f"Issue {number}"
-    return Issue(number=number, title=title, body=rest.strip(), url=path.resolve().as_uri())
+    labels: list[str] = []
+    second, _, after = rest.strip().partition("\n")
+    if second.lower().startswith("labels:"):
+        labels = [label.strip() for label in second.split(":", 1)[1].split(",") if label.strip()]
+        rest = after
+    return Issue(number=number, title=title, body=rest.strip(), url=path.resolve().as_uri(), labels=labels)
 
 
 def pulls_summary(repo: Path) -> list[dict[str, object]]:

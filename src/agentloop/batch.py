@@ -1,0 +1,238 @@
+"""`loop batch`: many runs in parallel on one shared baseline.
+
+Each run is its own `loop fix` process (own worktree, branch, sandbox, route key, database copies),
+so a crashing run cannot take the others down and every run stays resumable on its own. The batch
+starts the baseline once when none is up (each run then finds it up and leaves it alone) and stops it
+at the end only if it started it. Ctrl-C asks every run to stop cleanly (SIGINT: sandbox removed,
+status interrupted); a second Ctrl-C kills them at once. `--resume ID` finishes what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agentloop.errors import LoopError, RunNotFound
+from agentloop.runs import RunSummary, new_run_id
+
+FINAL = ("published", "failed", "error")
+
+
+class BatchItem(BaseModel):
+    issue: str
+    run_id: str
+    status: str = "queued"
+    exit_code: int | None = None
+    pull_request: str | None = None
+    duration: float = 0.0
+    cost_usd: float = 0.0
+    tokens: int = 0
+    node: str = ""
+    iteration: int = 0
+    started_at: float | None = None
+
+
+class BatchRecord(BaseModel):
+    id: str
+    repo: str
+    model: str | None = None
+    parallel: int
+    items: list[BatchItem]
+    started_at: float = Field(default_factory=time.time)
+    ended_at: float | None = None
+    status: Literal["running", "done", "interrupted"] = "running"
+
+    def totals(self) -> dict[str, Any]:
+        wall = (self.ended_at or time.time()) - self.started_at
+        run_time = sum(item.duration for item in self.items)
+        return {
+            "resolved": sum(item.status == "published" for item in self.items),
+            "failed": sum(item.status in ("failed", "error") for item in self.items),
+            "interrupted": sum(item.status in ("interrupted", "queued", "running") for item in self.items),
+            "pull_requests": [item.pull_request for item in self.items if item.pull_request],
+            "cost_usd": round(sum(item.cost_usd for item in self.items), 4),
+            "wall_seconds": round(wall, 2),
+            "run_seconds": round(run_time, 2),
+            "speedup": round(run_time / wall, 2) if wall > 0 else 0.0,
+        }
+
+
+def new_batch_id() -> str:
+    return f"b-{datetime.now(tz=timezone.utc).strftime('%Y%m%d')}-{secrets.token_hex(3)}"
+
+
+def batch_path(runs_root: Path, batch_id: str) -> Path:
+    return runs_root / f"batch-{batch_id}.json"
+
+
+def save(record: BatchRecord, runs_root: Path) -> None:
+    path = batch_path(runs_root, record.id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record.model_dump(mode="json") | {"totals": record.totals()}, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load(runs_root: Path, batch_id: str) -> BatchRecord:
+    path = batch_path(runs_root, batch_id)
+    if not path.is_file():
+        raise RunNotFound(f"unknown batch {batch_id!r}: no {path}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("totals", None)
+    return BatchRecord.model_validate(data)
+
+
+def read_issue_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise LoopError(f"--from {path}: no such file; give one issue reference per line")
+    lines = [line.split("#", 1)[0].strip() if not line.strip().startswith("#") else "" for line in path.read_text().splitlines()]
+    refs = [line for line in lines if line]
+    if not refs:
+        raise LoopError(f"--from {path}: no issue references in it (one per line, `#` starts a comment)")
+    return refs
+
+
+class _Process:
+    def __init__(self, item: BatchItem, proc: subprocess.Popen[bytes], log: Any):
+        self.item, self.proc, self.log = item, proc, log
+
+
+Renderer = Callable[[BatchRecord], None]
+
+
+class BatchExecutor:
+    """Runs the items of a batch as `loop fix` / `loop resume` processes, at most `parallel` at once."""
+
+    def __init__(self, record: BatchRecord, runs_root: Path, *, render: Renderer | None = None, poll: float = 0.3):
+        self.record = record
+        self.runs_root = runs_root
+        self.render = render
+        self.poll = poll
+        self.logs = runs_root / f"batch-{record.id}"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._running: list[_Process] = []
+        self._stopping = False
+
+    def run(self) -> BatchRecord:
+        save(self.record, self.runs_root)
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self._interrupt()
+        self.record.ended_at = time.time()
+        if self.record.status == "running":
+            self.record.status = "done"
+        self._refresh_all()
+        save(self.record, self.runs_root)
+        if self.render:
+            self.render(self.record)
+        return self.record
+
+    def _loop(self) -> None:
+        pending = [item for item in self.record.items if item.status not in FINAL]
+        while pending or self._running:
+            while pending and len(self._running) < self.record.parallel and not self._stopping:
+                self._running.append(self._start(pending.pop(0)))
+            time.sleep(self.poll)
+            self._reap()
+            self._refresh_all()
+            save(self.record, self.runs_root)
+            if self.render:
+                self.render(self.record)
+
+    def _command(self, item: BatchItem) -> list[str]:
+        base = [sys.executable, "-m", "agentloop.cli"]
+        if (self.runs_root / item.run_id / "run.json").exists():
+            return [*base, "resume", item.run_id, "--repo", self.record.repo]
+        command = [*base, "fix", item.issue, "--run-id", item.run_id, "--repo", self.record.repo]
+        return command + (["--model", self.record.model] if self.record.model else [])
+
+    def _start(self, item: BatchItem) -> _Process:
+        log = (self.logs / f"{item.run_id}.log").open("ab")
+        env = {**os.environ, "LOOP_RUNS_DIR": str(self.runs_root), "LOOP_BATCH": self.record.id}
+        proc = subprocess.Popen(self._command(item), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        item.status, item.started_at = "running", item.started_at or time.time()
+        return _Process(item, proc, log)
+
+    def _reap(self) -> None:
+        for running in list(self._running):
+            code = running.proc.poll()
+            if code is None:
+                continue
+            running.log.close()
+            running.item.exit_code = code
+            self._running.remove(running)
+            self._refresh(running.item, finished=True)
+
+    def _refresh_all(self) -> None:
+        for item in self.record.items:
+            if item.status not in FINAL or item.pull_request is None:
+                self._refresh(item, finished=False)
+
+    def _refresh(self, item: BatchItem, *, finished: bool) -> None:
+        run_dir = self.runs_root / item.run_id
+        summary_path = run_dir / "run.json"
+        if summary_path.exists():
+            try:
+                summary = RunSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
+            except ValueError:
+                return
+            item.status = summary.status if (finished or summary.status != "running") else "running"
+            item.pull_request, item.cost_usd, item.tokens = summary.pull_request, summary.cost_usd, summary.tokens
+            item.iteration, item.duration = summary.iterations, round(summary.duration, 2)
+            item.node = _last_node(run_dir)
+        if finished and item.status in ("running", "queued"):
+            # the process ended without saying how: it crashed before or outside the graph
+            item.status = "error" if item.exit_code not in (130, -signal.SIGINT) else "interrupted"
+
+    def _interrupt(self) -> None:
+        self._stopping = True
+        self.record.status = "interrupted"
+        for running in self._running:
+            _signal_group(running.proc, signal.SIGINT)
+        try:
+            while self._running:
+                time.sleep(self.poll)
+                self._reap()
+        except KeyboardInterrupt:
+            for running in self._running:
+                _signal_group(running.proc, signal.SIGKILL)
+            for running in self._running:
+                running.proc.wait()
+            self._reap()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.kill(proc.pid, sig) if sig == signal.SIGINT else os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _last_node(run_dir: Path) -> str:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return ""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[-1])["node"] if lines else ""
+
+
+def new_batch(repo: Path, refs: list[str], *, model: str | None, parallel: int) -> BatchRecord:
+    if not refs:
+        raise LoopError("no issues to run: give issue references, --label L or --from FILE")
+    unique = list(dict.fromkeys(refs))
+    return BatchRecord(
+        id=new_batch_id(), repo=str(repo), model=model, parallel=parallel,
+        items=[BatchItem(issue=ref, run_id=new_run_id()) for ref in unique],
+    )
