@@ -1,0 +1,326 @@
+"""The GitHub forge: issues, status comments and pull requests over the REST API (github.com or a
+GitHub Enterprise Server through its API URL), pushes over HTTPS with the token.
+
+The token never touches `.git/config`, argv or a log: pushes pass it to git through the
+`GIT_CONFIG_COUNT` environment as a one-off `http.extraHeader`, and git's output is redacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tenacity
+
+from agentloop.config import LoopConfig
+from agentloop.errors import ConfigError, IssueNotFound, LoopError
+from agentloop.records import Issue, PullRequest
+from agentloop.redact import redact
+
+log = logging.getLogger(__name__)
+
+STATUS_MARKER = "<!-- loop:status -->"
+BODY_LIMIT = 65536
+_TRUNCATION_NOTE = "\n\n… (truncated to fit GitHub's limit; the full evidence is in the run record)\n"
+_REMOTE = re.compile(r"^(?:https?://[^/]+/|ssh://[^/]+/|[\w.-]+@[^:]+:)(?P<slug>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+
+
+class GitHubError(LoopError):
+    """GitHub answered with an error that retrying does not fix."""
+
+
+class _Retryable(Exception):
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def slug_from_remote(url: str) -> str | None:
+    """`owner/name` from an https, ssh or scp-style remote URL."""
+    match = _REMOTE.match(url.strip())
+    return match.group("slug") if match else None
+
+
+class GitHubForge:
+    kind = "github"
+
+    def __init__(
+        self,
+        repo_slug: str,
+        *,
+        api_url: str = "https://api.github.com",
+        token: str | Callable[[], str],
+        clone_url: str | None = None,
+        backoff: float = 1.0,
+        attempts: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.repo_slug = repo_slug
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._clone_url = clone_url
+        self._backoff = backoff
+        self._attempts = attempts
+        self._client = httpx.Client(
+            base_url=self.api_url,
+            timeout=30.0,
+            transport=transport,
+            headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28",
+                     "User-Agent": "agentloop"},
+        )
+        self._status_comment_id: int | None = None
+
+    @classmethod
+    def from_repo(cls, repo: Path, config: LoopConfig) -> GitHubForge:
+        slug = config.forge.repo or _origin_slug(repo)
+        if not slug:
+            raise ConfigError(
+                f"{repo / 'loop.yaml'}: field `forge.repo` is not set and the `origin` remote is not a GitHub "
+                "URL; set `forge: {kind: github, repo: owner/name}`"
+            )
+        api_url = config.forge.api_url or os.environ.get("GITHUB_API_URL") or "https://api.github.com"
+        token = os.environ.get("GITHUB_TOKEN", "").strip()
+        if not token:
+            raise ConfigError(
+                "GITHUB_TOKEN is not set; export a token with issues, pull requests and contents read/write "
+                f"on {slug} (or run `loop serve` as a GitHub App)"
+            )
+        return cls(slug, api_url=api_url, token=token)
+
+    # -- the Forge protocol -------------------------------------------------------------------------
+
+    def get_issue(self, number: int) -> Issue:
+        response = self._request("GET", f"{self._repo_path}/issues/{number}", ok=(200, 404, 410))
+        if response.status_code != 200:
+            raise IssueNotFound(f"{self.repo_slug}#{number}: no such issue on {self.api_url}")
+        data = response.json()
+        if "pull_request" in data:
+            raise IssueNotFound(f"{self.repo_slug}#{number} is a pull request; pass an issue number")
+        comments = [
+            str(c.get("body") or "")
+            for c in self._paginate(f"{self._repo_path}/issues/{number}/comments")
+            if STATUS_MARKER not in str(c.get("body") or "")
+        ]
+        return Issue(
+            number=number,
+            title=str(data.get("title") or ""),
+            body=str(data.get("body") or ""),
+            url=data.get("html_url"),
+            labels=[str(label["name"]) if isinstance(label, dict) else str(label) for label in data.get("labels", [])],
+            comments=comments,
+        )
+
+    def find_pull_request(self, branch: str) -> PullRequest | None:
+        owner = self.repo_slug.split("/")[0]
+        params = {"head": f"{owner}:{branch}", "state": "open", "per_page": "100"}
+        for pull in self._paginate(f"{self._repo_path}/pulls", params=params):
+            if pull.get("head", {}).get("ref") == branch:
+                return _pull_record(pull)
+        return None
+
+    def publish(
+        self, *, worktree: Path, branch: str, title: str, body: str, draft: bool, issue: Issue
+    ) -> PullRequest:
+        self.push(worktree, branch)
+        existing = self.find_pull_request(branch)
+        if existing is not None:
+            log.info("%s: pull request for %s already open: %s", self.repo_slug, branch, existing.url)
+            return existing
+        payload = {
+            "title": title or issue.title,
+            "head": branch,
+            "base": self.repository().get("default_branch", "main"),
+            "body": fit_body(body, issue.number),
+            "draft": draft,
+        }
+        response = self._request("POST", f"{self._repo_path}/pulls", json=payload, ok=(201, 422))
+        if response.status_code == 422:
+            # A concurrent or earlier attempt opened it between our lookup and the create.
+            again = self.find_pull_request(branch)
+            if again is not None:
+                return again
+            raise GitHubError(f"{self.repo_slug}: GitHub refused the pull request: {_message(response)}")
+        return _pull_record(response.json())
+
+    def comment(self, issue: Issue, body: str) -> None:
+        text = f"{STATUS_MARKER}\n{body}" if STATUS_MARKER not in body else body
+        text = redact(fit_body(text, None), extra=[self._current_token()])
+        comment_id = self._status_comment_id or self._find_status_comment(issue.number)
+        if comment_id is not None:
+            response = self._request(
+                "PATCH", f"{self._repo_path}/issues/comments/{comment_id}", json={"body": text}, ok=(200, 404)
+            )
+            if response.status_code == 200:
+                self._status_comment_id = comment_id
+                return
+        response = self._request("POST", f"{self._repo_path}/issues/{issue.number}/comments", json={"body": text})
+        self._status_comment_id = int(response.json()["id"])
+
+    # -- helpers others use (the App's worker) -------------------------------------------------------
+
+    def repository(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("GET", self._repo_path).json()
+        return data
+
+    def clone_url(self) -> str:
+        if self._clone_url is None:
+            self._clone_url = str(self.repository()["clone_url"])
+        return self._clone_url
+
+    def git_env(self) -> dict[str, str]:
+        """Environment that lets one git command authenticate to the clone URL, nothing persisted."""
+        basic = base64.b64encode(f"x-access-token:{self._current_token()}".encode()).decode()
+        return {
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        }
+
+    def secret_values(self) -> list[str]:
+        """What must never be shown: the token and the header that carries it (for redact(extra=...))."""
+        return [self._current_token(), self.git_env()["GIT_CONFIG_VALUE_0"]]
+
+    def git(self, args: list[str], cwd: Path | None = None) -> str:
+        """Run git with the token available for this command only; errors are redacted."""
+        env = self.git_env()
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            detail = redact(done.stderr.strip()[-2000:], extra=self.secret_values())
+            raise GitHubError(f"git {args[0]} to {self.repo_slug} failed: {detail}")
+        return done.stdout
+
+    def push(self, worktree: Path, branch: str) -> None:
+        # The branch belongs to the run alone; a resumed run may rewrite what an earlier attempt pushed.
+        self.git(["push", "--force", self.clone_url(), f"HEAD:refs/heads/{branch}"], cwd=worktree)
+        log.info("%s: pushed %s", self.repo_slug, branch)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    @property
+    def _repo_path(self) -> str:
+        return f"/repos/{self.repo_slug}"
+
+    def _current_token(self) -> str:
+        return self._token() if callable(self._token) else self._token
+
+    def _request(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201), **kwargs: Any
+    ) -> httpx.Response:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((_Retryable, httpx.TransportError)),
+            wait=_wait_for(self._backoff),
+            stop=tenacity.stop_after_attempt(self._attempts),
+            reraise=True,
+        )
+        try:
+            response: httpx.Response = retrying(self._once, method, path, **kwargs)
+        except _Retryable as exc:
+            raise GitHubError(
+                f"{method} {path}: GitHub still answered {exc.response.status_code} after {self._attempts} "
+                f"attempts: {_message(exc.response)}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise GitHubError(f"{self.api_url}: cannot reach GitHub ({type(exc).__name__}); check GITHUB_API_URL") from None
+        if response.status_code not in ok:
+            hint = " (check the token's permissions)" if response.status_code in (401, 403) else ""
+            raise GitHubError(f"{method} {path}: GitHub answered {response.status_code}{hint}: {_message(response)}")
+        return response
+
+    def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._current_token()}"}
+        response = self._client.request(method, path, headers=headers, **kwargs)
+        if response.status_code >= 500 or _rate_limited(response):
+            log.warning("%s %s: GitHub answered %s; retrying", method, path, response.status_code)
+            raise _Retryable(response)
+        return response
+
+    def _paginate(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        url: str | None = path
+        query: Mapping[str, str] | None = {"per_page": "100", **(params or {})}
+        while url:
+            response = self._request("GET", url, params=query)
+            yield from response.json()
+            url = response.links.get("next", {}).get("url")
+            query = None  # the next link carries its own query
+
+    def _find_status_comment(self, number: int) -> int | None:
+        for comment in self._paginate(f"{self._repo_path}/issues/{number}/comments"):
+            if STATUS_MARKER in str(comment.get("body") or ""):
+                return int(comment["id"])
+        return None
+
+
+def fit_body(body: str, issue_number: int | None) -> str:
+    """Ensure `Fixes #N` and keep the body under GitHub's 65536-character limit, cutting on a line."""
+    if issue_number is not None and not re.search(rf"(?i)\b(fixes|closes|resolves) #{issue_number}\b", body):
+        body = f"{body.rstrip()}\n\nFixes #{issue_number}\n"
+    if len(body) <= BODY_LIMIT:
+        return body
+    tail = f"\n\nFixes #{issue_number}\n" if issue_number is not None else ""
+    room = BODY_LIMIT - len(_TRUNCATION_NOTE) - len(tail) - len("\n```")
+    cut = body[:room]
+    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
+    if cut.count("```") % 2:  # never leave a code fence open
+        cut += "\n```"
+    return cut + _TRUNCATION_NOTE + tail
+
+
+def _pull_record(data: dict[str, Any]) -> PullRequest:
+    head = data.get("head") or {}
+    return PullRequest(
+        number=data.get("number"),
+        url=str(data.get("html_url") or data.get("url")),
+        branch=str(head.get("ref", "")),
+        head_commit=str(head.get("sha", "")),
+        draft=bool(data.get("draft", False)),
+        title=str(data.get("title") or ""),
+    )
+
+
+def _rate_limited(response: httpx.Response) -> bool:
+    if response.status_code == 429:
+        return True
+    return response.status_code == 403 and (
+        response.headers.get("x-ratelimit-remaining") == "0" or "retry-after" in response.headers
+    )
+
+
+def _wait_for(backoff: float) -> Callable[[tenacity.RetryCallState], float]:
+    exponential = tenacity.wait_exponential(multiplier=backoff, max=60 * backoff)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable):
+            headers = exc.response.headers
+            if "retry-after" in headers:
+                return min(float(headers["retry-after"]), 900.0)
+            if headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
+                return max(0.0, min(float(headers["x-ratelimit-reset"]) - time.time(), 900.0)) * min(backoff, 1.0)
+        return float(exponential(state))
+
+    return wait
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:300]
+    except ValueError:
+        return response.text[:300]
+
+
+def _origin_slug(repo: Path) -> str | None:
+    done = subprocess.run(["git", "remote", "get-url", "origin"], check=False, cwd=repo, capture_output=True, text=True)
+    return slug_from_remote(done.stdout) if done.returncode == 0 else None
