@@ -17,15 +17,16 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any
 from urllib.parse import urlsplit
 
 PROPAGATED_HEADERS = ("baggage", "tracestate", "traceparent", "x-loop-route")
 ROUTING_KEY_ENTRY = "sd-routing-key"
 
-Reply = Tuple[int, Any]
+Reply = tuple[int, Any]
 
 
 class HttpError(Exception):
@@ -63,7 +64,7 @@ def propagated_headers(headers: Mapping[str, str]) -> dict:
     return wanted
 
 
-def route_key(headers: Mapping[str, str]) -> Optional[str]:
+def route_key(headers: Mapping[str, str]) -> str | None:
     """The sandbox route key a request carries, if any (for the request log line)."""
     lowered = {name.lower(): value for name, value in headers.items()}
     if lowered.get("x-loop-route"):
@@ -77,7 +78,7 @@ def route_key(headers: Mapping[str, str]) -> Optional[str]:
 
 
 def call_json(
-    method: str, url: str, body: Any = None, headers: Optional[Mapping[str, str]] = None, timeout: float = 10.0
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None, timeout: float = 10.0
 ) -> Reply:
     """Call another service; return (status, decoded JSON). Unreachable services become a 502."""
     data = None if body is None else json.dumps(body).encode()
@@ -129,7 +130,9 @@ class Service:
 
         return register
 
-    def dispatch(self, method: str, path: str, body: Any = None, headers: Optional[Mapping[str, str]] = None) -> Reply:
+    def dispatch(
+        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> Reply:
         path_matched = False
         for route_method, regex, handler in self._routes:
             match = regex.match(path)
@@ -155,12 +158,14 @@ class Service:
         server.daemon_threads = True
         return server
 
-    def main(self, argv: Optional[Sequence[str]] = None) -> None:
+    def main(self, argv: Sequence[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog=self.name, description=f"Run the shop's {self.name} service.")
         parser.add_argument("--port", type=int, required=True)
         parser.add_argument("--host", default="127.0.0.1")
         args = parser.parse_args(argv)
-        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        )
         server = self.serve(args.port, args.host)
         self.log.info("listening on http://%s:%d", args.host, server.server_address[1])
         try:

@@ -10,7 +10,7 @@ Downstream services are at `$ORDERS_URL` and `$INVENTORY_URL`.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from services.common.web import HttpError, Reply, Request, Service, call_json, error_text
 
@@ -20,7 +20,7 @@ def checkout_request(body: dict) -> dict:
     sku = body.get("sku")
     quantity = body.get("quantity", 1)
     if not isinstance(sku, str) or not sku:
-        raise HttpError(400, "'sku' is required, e.g. {\"sku\": \"widget\", \"quantity\": 2}")
+        raise HttpError(400, '\'sku\' is required, e.g. {"sku": "widget", "quantity": 2}')
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100:
         raise HttpError(400, f"'quantity' must be a whole number from 1 to 100, got {quantity!r}")
     return {"sku": sku, "quantity": quantity}
@@ -54,7 +54,7 @@ def build(orders_url: str, inventory_url: str) -> Service:
     return service
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     urls = {name: os.environ.get(name, "").rstrip("/") for name in ("ORDERS_URL", "INVENTORY_URL")}
     missing = [name for name, url in urls.items() if not url]
     if missing:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Optional, Sequence
 
 from services.common.web import HttpError, Reply, Request, Service
 
@@ -48,7 +48,12 @@ def stock_level(conn: sqlite3.Connection, sku: str) -> dict:
     row = conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
     if row is None:
         raise HttpError(404, f"unknown sku {sku!r}")
-    return {"sku": row["sku"], "name": row["name"], "stock": row["stock"], "unit_price": row["price_cents"] / 100}
+    return {
+        "sku": row["sku"],
+        "name": row["name"],
+        "stock": row["stock"],
+        "unit_price": row["price_cents"] / 100,
+    }
 
 
 def reserve(conn: sqlite3.Connection, sku: str, quantity: int) -> dict:
@@ -66,7 +71,12 @@ def reserve(conn: sqlite3.Connection, sku: str, quantity: int) -> dict:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return {"sku": sku, "reserved": reserved, "remaining": row["stock"] - reserved, "unit_price_cents": row["price_cents"]}
+    return {
+        "sku": sku,
+        "reserved": reserved,
+        "remaining": row["stock"] - reserved,
+        "unit_price_cents": row["price_cents"],
+    }
 
 
 def build(db_path: Path) -> Service:
@@ -88,7 +98,9 @@ def build(db_path: Path) -> Service:
         quantity = body.get("qty")
         if quantity is None:
             # Clients from before bulk orders sent no quantity: they always reserved one unit.
-            log.warning("reserve %s: request has no 'qty' (fields: %s); reserving 1", sku, ", ".join(sorted(body)))
+            log.warning(
+                "reserve %s: request has no 'qty' (fields: %s); reserving 1", sku, ", ".join(sorted(body))
+            )
             quantity = 1
         if not isinstance(quantity, int):
             raise HttpError(400, f"'qty' must be an integer, got {quantity!r}")
@@ -101,7 +113,7 @@ def build(db_path: Path) -> Service:
     return service
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     build(Path(os.environ.get("LOOP_DB_PATH") or DEFAULT_DB)).main(argv)
 
 

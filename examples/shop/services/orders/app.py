@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Optional, Sequence
 
 from services.common.web import HttpError, Reply, Request, Service, call_json, error_text
 
@@ -71,8 +71,14 @@ def build(db_path: Path, inventory_url: str) -> Service:
             )
             order_id = int(cursor.lastrowid or 0)
         if reserved < quantity:
-            log.warning("order %d: inventory reserved %d of %d %s; back-ordering %d",
-                        order_id, reserved, quantity, sku, quantity - reserved)
+            log.warning(
+                "order %d: inventory reserved %d of %d %s; back-ordering %d",
+                order_id,
+                reserved,
+                quantity,
+                sku,
+                quantity - reserved,
+            )
         return 201, order_view(order_id, sku, quantity, reply["unit_price_cents"], reservation)
 
     @service.route("GET", "/orders/{order_id}")
@@ -89,7 +95,7 @@ def build(db_path: Path, inventory_url: str) -> Service:
     return service
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     inventory_url = os.environ.get("INVENTORY_URL", "").rstrip("/")
     if not inventory_url:
         raise SystemExit("orders: set INVENTORY_URL to the inventory service's base URL")

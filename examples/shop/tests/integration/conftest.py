@@ -39,6 +39,8 @@ class Gateway:
 def gateway():
     url = os.environ.get("LOOP_URL_GATEWAY")
     if not url:
-        pytest.skip("LOOP_URL_GATEWAY is not set: these tests need the shop running (loop sets it for a sandbox)")
+        pytest.skip(
+            "LOOP_URL_GATEWAY is not set: these tests need the shop running (loop sets it for a sandbox)"
+        )
     headers = json.loads(os.environ.get("LOOP_ROUTING_HEADERS") or "{}")
     return Gateway(url, headers)

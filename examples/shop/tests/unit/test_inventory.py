@@ -3,7 +3,6 @@
 from contextlib import closing
 
 import pytest
-
 from services.common.web import HttpError
 from services.inventory.app import build, connect, init_db, reserve, stock_level
 
@@ -17,7 +16,12 @@ def conn(tmp_path):
 
 
 def test_a_new_database_is_seeded(conn):
-    assert stock_level(conn, "widget") == {"sku": "widget", "name": "Widget", "stock": 1000, "unit_price": 9.99}
+    assert stock_level(conn, "widget") == {
+        "sku": "widget",
+        "name": "Widget",
+        "stock": 1000,
+        "unit_price": 9.99,
+    }
 
 
 def test_reserving_takes_units_out_of_stock(conn):

@@ -1,7 +1,6 @@
 """Order arithmetic and the gateway's input checks, in-process."""
 
 import pytest
-
 from services.common.web import HttpError
 from services.gateway.app import checkout_request
 from services.orders.app import order_total_cents, order_view
@@ -30,8 +29,13 @@ def test_the_gateway_passes_a_valid_checkout_on():
 
 @pytest.mark.parametrize(
     "body, field",
-    [({}, "sku"), ({"sku": "widget", "quantity": 0}, "quantity"), ({"sku": "widget", "quantity": "3"}, "quantity"),
-     ({"sku": "widget", "quantity": True}, "quantity"), ({"sku": "widget", "quantity": 101}, "quantity")],
+    [
+        ({}, "sku"),
+        ({"sku": "widget", "quantity": 0}, "quantity"),
+        ({"sku": "widget", "quantity": "3"}, "quantity"),
+        ({"sku": "widget", "quantity": True}, "quantity"),
+        ({"sku": "widget", "quantity": 101}, "quantity"),
+    ],
 )
 def test_the_gateway_refuses_bad_checkouts_naming_the_field(body, field):
     with pytest.raises(HttpError) as refused:
