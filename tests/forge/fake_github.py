@@ -28,6 +28,27 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
+def start_asgi(app: Any, lifespan: str = "on") -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; returns (server, thread, base URL)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the loopback server did not start")
+        time.sleep(0.01)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def stop_asgi(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(15)
+
+
 @dataclass
 class FakeRepo:
     slug: str
@@ -65,25 +86,12 @@ class FakeGitHub:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> FakeGitHub:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(self._app(), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake GitHub did not start")
-            time.sleep(0.01)
+        self._server, self._thread, self.base = start_asgi(self._app(), lifespan="off")
         return self
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
+            stop_asgi(self._server, self._thread)
 
     @property
     def api_url(self) -> str:
