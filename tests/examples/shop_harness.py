@@ -108,6 +108,8 @@ def running_shop(root: Path, log_dir: Path, inventory_db: Path | None = None) ->
 
 
 def run_pytest(root: Path, target: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # The shop's tests need bare pytest; loading this venv's plugins (langsmith, anyio...) costs seconds.
+    env.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target],
         cwd=root,
