@@ -6,12 +6,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agent_support import API_KEY, SHOP_FILES, MakeCoder, loop_config
+from fake_anthropic import FakeAnthropic, serve
 
 from agentloop.agent.base import Coder
 from agentloop.agent.factory import make_coder
 from agentloop.config import LoopConfig
-from agent_support import API_KEY, SHOP_FILES, MakeCoder, loop_config
-from fake_anthropic import FakeAnthropic, serve
+
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:

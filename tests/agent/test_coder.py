@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agentloop.records import Usage
 from agent_support import API_KEY, MakeCoder, edit_task, loop_config
 from fake_anthropic import FakeAnthropic, message, text, tool_use
+
+from agentloop.records import Usage
 
 APP = "services/orders/app.py"
 

@@ -8,7 +8,8 @@ them to a cassette unchanged and the replay model hand them back exactly.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import anthropic
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt

@@ -92,7 +92,7 @@ def bwrap_works(bwrap: str | None = None) -> bool:
     if binary is None:
         return False
     try:
-        probe = subprocess.run([binary, "--ro-bind", "/", "/", "true"], capture_output=True, timeout=10)
+        probe = subprocess.run([binary, "--ro-bind", "/", "/", "true"], check=False, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0
