@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from looptest import MakeRepo
 
 from .fake_github import FakeGitHub
-
-from looptest import MakeRepo
 
 SLUG = "acme/shop"
 SHOP_FILES = {"app.py": "def total(a, b):\n    return a - b\n"}

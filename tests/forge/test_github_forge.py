@@ -6,11 +6,19 @@ import logging
 from pathlib import Path
 
 import pytest
+from looptest import git
 
 from agentloop.config import parse_config
 from agentloop.errors import ConfigError, IssueNotFound
-from agentloop.forge.github import BODY_LIMIT, STATUS_MARKER, GitHubError, GitHubForge, fit_body, slug_from_remote
-from looptest import git
+from agentloop.forge.github import (
+    BODY_LIMIT,
+    STATUS_MARKER,
+    GitHubError,
+    GitHubForge,
+    fit_body,
+    slug_from_remote,
+)
+
 from .conftest import SLUG
 from .fake_github import FakeGitHub
 

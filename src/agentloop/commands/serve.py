@@ -1,0 +1,91 @@
+"""`loop serve`: run the GitHub App -- the webhook endpoint, the durable queue and the workers.
+
+Configuration by environment: GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY (PEM or path),
+GITHUB_WEBHOOK_SECRET, GITHUB_API_URL (GitHub Enterprise Server), LOOP_MODEL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from starlette.applications import Starlette
+
+from agentloop.errors import ConfigError
+from agentloop.forge.app import MAX_BODY, AppSettings, create_app
+from agentloop.forge.auth import AppAuth, load_private_key
+from agentloop.forge.queue import JobQueue
+from agentloop.forge.worker import RunFn, Worker
+
+log = logging.getLogger(__name__)
+
+
+def default_workdir() -> Path:
+    base = os.environ.get("LOOP_STATE_DIR") or os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local/state")
+    return Path(base) / "loop" / "serve"
+
+
+def _require(env: Mapping[str, str], name: str, what: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; {what} (see README 'GitHub App')")
+    return value
+
+
+def build_app(
+    *,
+    queue: str | None = None,
+    workers: int = 1,
+    label: str = "loop",
+    workdir: Path | None = None,
+    model: str | None = None,
+    env: Mapping[str, str] | None = None,
+    run_fix: RunFn | None = None,
+    run_resume: RunFn | None = None,
+) -> Starlette:
+    """The App's ASGI application from options and environment; raises ConfigError naming what to set."""
+    source = os.environ if env is None else env
+    app_id = _require(source, "GITHUB_APP_ID", "set it to the App ID from the App's settings page")
+    key = load_private_key(_require(source, "GITHUB_APP_PRIVATE_KEY", "set it to the App's private key (PEM or path)"))
+    secret = _require(source, "GITHUB_WEBHOOK_SECRET", "set it to the webhook secret you gave GitHub")
+    api_url = (source.get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
+    work = (workdir or default_workdir()).expanduser().resolve()
+    jobs = JobQueue.open(queue or work / "queue.sqlite3")
+    auth = AppAuth(app_id, key, api_url=api_url)
+    worker = Worker(
+        jobs, workdir=work / "repos", api_url=api_url, tokens=auth.token_for,
+        model=model or source.get("LOOP_MODEL") or None, concurrency=workers, run_fix=run_fix, run_resume=run_resume,
+    )
+    return create_app(AppSettings(webhook_secret=secret, label=label, max_body=MAX_BODY), jobs, worker)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    queue: Annotated[
+        str | None, typer.Option(help="SQLite file or postgresql:// URL (share one URL between servers).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Runs at the same time.")] = 1,
+    label: Annotated[str, typer.Option(help="Issue label that starts a run.")] = "loop",
+    workdir: Annotated[Path | None, typer.Option(help="Where clones and the default queue live.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for every run (default: LOOP_MODEL or loop.yaml).")] = None,
+) -> None:
+    """Run the GitHub App: webhooks in (POST /webhook), runs out; GET /healthz and GET /runs."""
+    import uvicorn
+
+    app = build_app(queue=queue, workers=workers, label=label, workdir=workdir, model=model)
+    log.info("loop serve listening on http://%s:%s", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    """`python -m agentloop.commands.serve` (the same as `loop serve`)."""
+    typer.run(serve)
+
+
+if __name__ == "__main__":
+    main()

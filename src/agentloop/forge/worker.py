@@ -1,0 +1,242 @@
+"""The App's workers: take jobs from the queue, clone the repository, run the loop on the issue.
+
+The runner is reached through a seam (`run_fix`, `run_resume`) so that the worker does not depend on
+how a run is built; by default it is `agentloop.runner.fix` / `agentloop.runner.resume`, imported
+when first needed. A job that carries a run id (its server stopped mid-run) is resumed from the run's
+checkpoint; one without is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from agentloop.errors import LoopError
+from agentloop.forge.github import GitHubForge
+from agentloop.forge.queue import Job, JobQueue, JobStatus
+from agentloop.records import Issue, PullRequest
+from agentloop.redact import redact
+
+log = logging.getLogger(__name__)
+
+MISSING_CONFIG = (
+    "loop can't work on this issue yet: the repository has no `loop.yaml` on its default branch.\n\n"
+    "Add one at the top of the repository that names your services and test suites, for example:\n\n"
+    "```yaml\nservices: {}\nvalidate:\n  - suite: unit\n    run: pytest -q\n```\n\n"
+    "then comment `/loop retry` here."
+)
+
+
+class RunOutcomeLike(Protocol):
+    """What the worker reads of agentloop.runner.RunOutcome."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def pull_request(self) -> PullRequest | None: ...
+    @property
+    def message(self) -> str: ...
+
+
+RunFn = Callable[..., RunOutcomeLike]
+TokenSource = Callable[[int | None], Callable[[], str]]
+
+
+def _default_fix(*args: Any, **kwargs: Any) -> RunOutcomeLike:
+    from agentloop.runner import fix
+
+    outcome: RunOutcomeLike = fix(*args, **kwargs)
+    return outcome
+
+
+def _default_resume(*args: Any, **kwargs: Any) -> RunOutcomeLike:
+    from agentloop.runner import resume
+
+    outcome: RunOutcomeLike = resume(*args, **kwargs)
+    return outcome
+
+
+def default_owner(workdir: Path) -> str:
+    """Who holds a running job: this host and work directory, stable across restarts."""
+    return f"{socket.gethostname()}:{workdir.resolve()}"
+
+
+class Worker:
+    """A pool of `concurrency` threads running jobs from `queue`."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        workdir: Path,
+        api_url: str,
+        tokens: TokenSource,
+        model: str | None = None,
+        concurrency: int = 1,
+        run_fix: RunFn | None = None,
+        run_resume: RunFn | None = None,
+        owner: str | None = None,
+        poll_seconds: float = 1.0,
+        forge_options: dict[str, Any] | None = None,
+    ):
+        self.queue = queue
+        self.workdir = workdir
+        self.api_url = api_url
+        self.tokens = tokens
+        self.model = model or os.environ.get("LOOP_MODEL") or None
+        self.concurrency = max(1, concurrency)
+        self.run_fix = run_fix or _default_fix
+        self.run_resume = run_resume or _default_resume
+        self.owner = owner or default_owner(workdir)
+        self.poll_seconds = poll_seconds
+        self.forge_options = forge_options or {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._cancels: dict[tuple[str, int], threading.Event] = {}
+        self._cancels_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.queue.recover(self.owner)
+        self._stop.clear()
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._loop, name=f"loop-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs and ask running ones to stop; an unfinished job is resumed after restart."""
+        self._stop.set()
+        self._wake.set()
+        with self._cancels_lock:
+            for event in self._cancels.values():
+                event.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def notify(self) -> None:
+        """A job was queued: wake an idle worker now rather than at its next poll."""
+        self._wake.set()
+
+    def cancel(self, repo: str, issue: int) -> bool:
+        with self._cancels_lock:
+            event = self._cancels.get((repo, issue))
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def run_next(self) -> Job | None:
+        """Claim and run one job in this thread (the pool's loop body; also handy for tests)."""
+        job = self.queue.claim(self.owner)
+        if job is not None:
+            self._run(job)
+        return job
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.queue.heartbeat(self.owner)
+                job = self.run_next()
+            except Exception:  # the pool must outlive any one bad job or a queue hiccup
+                log.exception("worker: unexpected error")
+                job = None
+            if job is None:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    # -- one job -----------------------------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        cancel = threading.Event()
+        key = (job.repo, job.issue)
+        with self._cancels_lock:
+            self._cancels[key] = cancel
+        forge = GitHubForge(
+            job.repo, api_url=self.api_url, token=self.tokens(job.installation_id), **self.forge_options
+        )
+        issue = Issue(number=job.issue, title="")
+        try:
+            status, message, run_id, pull = self._execute(job, forge, issue, cancel)
+        except LoopError as exc:
+            status, message, run_id, pull = "failed", str(exc), None, None
+            self._tell(forge, issue, f"loop stopped: {exc}")
+        except Exception as exc:
+            log.exception("job %s (%s#%s) crashed", job.id, job.repo, job.issue)
+            status, message, run_id, pull = "error", f"{type(exc).__name__}: {exc}", None, None
+            self._tell(forge, issue, "loop stopped on an internal error; the server log has the details.")
+        finally:
+            with self._cancels_lock:
+                self._cancels.pop(key, None)
+        if self._stop.is_set() and status == "interrupted":
+            log.info("job %s: interrupted by shutdown; it resumes when the server starts again", job.id)
+            forge.close()
+            return  # stays `running` under our owner: recover() puts it back in the queue at start
+        self.queue.finish(job.id, status, message=redact(message, extra=forge.secret_values()),
+                          run_id=run_id, pull_request_url=pull)
+        forge.close()
+        log.info("job %s (%s#%s): %s %s", job.id, job.repo, job.issue, status, pull or "")
+
+    def _execute(
+        self, job: Job, forge: GitHubForge, issue: Issue, cancel: threading.Event
+    ) -> tuple[JobStatus, str, str | None, str | None]:
+        checkout = self._checkout(job, forge, refresh=not job.run_id)
+        if not (checkout / "loop.yaml").is_file():
+            forge.comment(issue, MISSING_CONFIG)
+            return "failed", "the repository has no loop.yaml", None, None
+        if not job.run_id:
+            forge.comment(issue, "loop is working on this issue.")
+
+        def progress(event: dict[str, Any]) -> None:
+            run_id = event.get("run_id")
+            if isinstance(run_id, str) and run_id != job.run_id:
+                job.run_id = run_id
+                self.queue.set_run_id(job.id, run_id)
+
+        if job.run_id:
+            log.info("job %s: resuming run %s", job.id, job.run_id)
+            outcome = self.run_resume(checkout, job.run_id, forge=forge, cancel=cancel, progress=progress)
+        else:
+            outcome = self.run_fix(
+                checkout, str(job.issue), model=self.model, forge=forge, cancel=cancel, progress=progress
+            )
+        status: JobStatus = outcome.status if outcome.status in ("published", "failed", "error", "interrupted") \
+            else "error"  # type: ignore[assignment]
+        pull = outcome.pull_request.url if outcome.pull_request else None
+        return status, outcome.message, outcome.run_id, pull
+
+    def _checkout(self, job: Job, forge: GitHubForge, *, refresh: bool) -> Path:
+        """One clone per issue, kept across restarts so that a resumed run finds its worktree and record.
+
+        A new run starts from the default branch as it is now; a resumed one keeps what it had."""
+        owner, name = job.repo.split("/", 1)
+        path = self.workdir / owner / name / f"issue-{job.issue}"
+        if (path / ".git").exists():
+            if refresh:
+                branch = str(forge.repository().get("default_branch", "main"))
+                forge.git(["fetch", "--quiet", forge.clone_url(), branch], cwd=path)
+                forge.git(["reset", "--quiet", "--hard", "FETCH_HEAD"], cwd=path)  # the server's own clone
+            return path
+        if path.exists():
+            shutil.rmtree(path)  # a clone that died half-way
+        path.parent.mkdir(parents=True, exist_ok=True)
+        forge.git(["clone", "--quiet", forge.clone_url(), str(path)])
+        return path
+
+    def _tell(self, forge: GitHubForge, issue: Issue, text: str) -> None:
+        try:
+            forge.comment(issue, text)
+        except LoopError:
+            log.warning("could not comment on %s#%s", forge.repo_slug, issue.number)
