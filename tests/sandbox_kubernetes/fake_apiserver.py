@@ -103,7 +103,7 @@ class FakeApiServer:
         self._versions = itertools.count(1)
         self._status_reads: dict[str, int] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -263,6 +263,7 @@ class FakeApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes; no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -324,7 +325,10 @@ class FakeApiServer:
                 merged = _merge_patch(self._must(plural, ns, name), body)
                 return 200, self._public(self._write(plural, ns, name, merged, check_version=False))
             if method == "DELETE":
+                gone = self._public(self._must(plural, ns, name))
                 self._delete(plural, ns, name)
+                if plural in ("services", "virtualservices"):  # as the real server: the deleted object
+                    return 200, gone
                 return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         raise _ApiError(405, "MethodNotAllowed", f"{method} not allowed on {path}")
 

@@ -149,9 +149,10 @@ class Cluster:
         try:
             with _api_errors(f"delete {kind} {name}", self.host):
                 if kind == "Deployment":
-                    self.apps.delete_namespaced_deployment(name, ns, propagation_policy="Background")
+                    self.apps.delete_namespaced_deployment(name, ns, propagation_policy="Background",
+                                                         _preload_content=False)
                 elif kind == "Service":
-                    self.core.delete_namespaced_service(name, ns)
+                    self.core.delete_namespaced_service(name, ns, _preload_content=False)
                 else:
                     self.custom.delete_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, ns, "virtualservices", name)
         except k8s.ApiException as exc:

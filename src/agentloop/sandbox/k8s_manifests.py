@@ -137,8 +137,8 @@ def fork_deployment(base: Obj, spec: ForkSpec, *, service_selector: dict[str, st
     """Copy `base` under a name of its own; its pods carry labels the baseline Service never selects."""
     fork = dns_name(base["metadata"]["name"], "loop", spec.sandbox)
     labels = fork_labels(spec, fork)
-    annotations = {ROUTE_KEY_ANNOTATION: spec.route_key, EXPIRES_ANNOTATION: f"{spec.expires_at:.0f}",
-                   CREATED_ANNOTATION: f"{spec.created_at:.0f}", CODE_HASH_ANNOTATION: spec.code_hash,
+    annotations = {ROUTE_KEY_ANNOTATION: spec.route_key, EXPIRES_ANNOTATION: f"{spec.expires_at:.3f}",
+                   CREATED_ANNOTATION: f"{spec.created_at:.3f}", CODE_HASH_ANNOTATION: spec.code_hash,
                    FORKED_FROM_ANNOTATION: base["metadata"]["name"]}
     obj = copy.deepcopy(base)
     obj.pop("status", None)
@@ -186,7 +186,7 @@ def fork_service(base_service: Obj | None, deployment: Obj, spec: ForkSpec) -> O
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": fork, "labels": fork_labels(spec, fork),
-                     "annotations": {EXPIRES_ANNOTATION: f"{spec.expires_at:.0f}"}},
+                     "annotations": {EXPIRES_ANNOTATION: f"{spec.expires_at:.3f}"}},
         "spec": {"selector": deployment["spec"]["selector"]["matchLabels"], "ports": ports},
     }
 

@@ -17,6 +17,7 @@ from agentloop.sandbox.k8s_manifests import MANAGED_BY, ROUTE_KEY_ENTRY, _clean_
 Obj = dict[str, Any]
 
 ORIGINAL_SELECTOR_ANNOTATION = "loop.dev/original-selector"
+ORIGINAL_PORTS_ANNOTATION = "loop.dev/original-ports"
 ROUTER_LABEL = "loop.dev/router"
 ROUTES_ENV = "LOOP_ROUTER_ROUTES"
 DEFAULT_ENV = "LOOP_ROUTER_DEFAULT"
@@ -41,6 +42,13 @@ def original_selector(service: Obj) -> dict[str, str]:
     return dict(service["spec"].get("selector") or {})
 
 
+def original_ports(service: Obj) -> list[Obj]:
+    annotations = service["metadata"].get("annotations") or {}
+    if ORIGINAL_PORTS_ANNOTATION in annotations:
+        return list(json.loads(annotations[ORIGINAL_PORTS_ANNOTATION]))
+    return [{k: v for k, v in p.items() if k != "nodePort"} for p in service["spec"].get("ports", [])]
+
+
 def routes_of(router: Obj | None) -> dict[str, str]:
     """Route key -> upstream URL, as configured on an existing router Deployment."""
     if router is None:
@@ -58,7 +66,7 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
     name = base_service["metadata"]["name"]
     router = router_name(name)
     selector = original_selector(base_service)
-    ports = base_service["spec"].get("ports", [])
+    ports = original_ports(base_service)
     port = ports[0]["port"] if ports else 80
     alias = baseline_alias_name(name)
     pod_labels = {ROUTER_LABEL: router, **MANAGED_BY}
@@ -75,25 +83,27 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
     }
     alias_service = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": alias, "labels": dict(MANAGED_BY)},
-        "spec": {"selector": selector, "ports": [{k: v for k, v in p.items() if k != "nodePort"} for p in ports]},
+        "spec": {"selector": selector, "ports": ports},
     }
     fronted = copy.deepcopy(base_service)
     fronted.pop("status", None)
     fronted["metadata"] = _clean_metadata(
         base_service["metadata"], name=name, labels={},
-        annotations={ORIGINAL_SELECTOR_ANNOTATION: json.dumps(selector, sort_keys=True)})
+        annotations={ORIGINAL_SELECTOR_ANNOTATION: json.dumps(selector, sort_keys=True),
+                     ORIGINAL_PORTS_ANNOTATION: json.dumps(ports, sort_keys=True)})
     fronted["spec"]["selector"] = {ROUTER_LABEL: router}
     fronted["spec"]["ports"] = [{**p, "targetPort": ROUTER_PORT} for p in ports]
     return [deployment, alias_service, fronted]
 
 
-def restored_service(fronted: Obj, original_ports: list[Obj] | None) -> Obj:
+def restored_service(fronted: Obj) -> Obj:
     """The baseline Service as it was before the router stood in front of it."""
     service = copy.deepcopy(fronted)
     service.pop("status", None)
     annotations = dict(service["metadata"].get("annotations") or {})
-    service["spec"]["selector"] = json.loads(annotations.pop(ORIGINAL_SELECTOR_ANNOTATION, "{}"))
+    service["spec"]["selector"] = original_selector(fronted)
+    service["spec"]["ports"] = original_ports(fronted)
+    annotations.pop(ORIGINAL_SELECTOR_ANNOTATION, None)
+    annotations.pop(ORIGINAL_PORTS_ANNOTATION, None)
     service["metadata"]["annotations"] = annotations
-    if original_ports is not None:
-        service["spec"]["ports"] = original_ports
     return service

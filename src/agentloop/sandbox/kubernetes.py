@@ -188,11 +188,11 @@ class KubernetesSandboxBackend:
                                image=self._image(service, commit_of(forks[service], path)), code_hash=code_hash(path),
                                env=self._env(service, name, route_key, baseline, deployment), created_at=created,
                                expires_at=expires, container=container)
-            selector = dict(base_service["spec"].get("selector") or {}) if base_service else {}
-            if base_service is not None:
-                selector = proxy.original_selector(base_service)
+            # As the Service was before a proxy router (if any) stood in front of it.
+            plain = proxy.restored_service(base_service) if base_service is not None else None
+            selector = dict(plain["spec"].get("selector") or {}) if plain else {}
             fork = mf.fork_deployment(deployment, spec, service_selector=selector)
-            fork_svc = mf.fork_service(base_service, fork, spec)
+            fork_svc = mf.fork_service(plain, fork, spec)
             objects += [fork, fork_svc]
             host = base_service["metadata"]["name"] if base_service else service
             routing += self._route(baseline, host, base_service, name, route_key, fork_svc)
@@ -235,7 +235,7 @@ class KubernetesSandboxBackend:
         base_service = baseline.service(target.service or service)
         deployment = baseline.deployment(target.deployment or service)
         if deployment is None and target.deployment is None and base_service is not None:
-            candidates = baseline.deployments_selected_by(base_service)
+            candidates = baseline.deployments_selected_by(proxy.restored_service(base_service))
             if candidates:
                 deployment = candidates[0]
                 if len(candidates) > 1:
@@ -331,8 +331,7 @@ class KubernetesSandboxBackend:
                     routes=routes)
                 self._cluster.apply(objects[0])
                 continue
-            alias = self._cluster.read("Service", proxy.baseline_alias_name(host))
-            self._cluster.apply(proxy.restored_service(fronted, alias["spec"]["ports"] if alias else None))
+            self._cluster.apply(proxy.restored_service(fronted))
             self._cluster.delete("Service", proxy.baseline_alias_name(host))
             self._cluster.delete("Deployment", router["metadata"]["name"])
 
