@@ -42,20 +42,20 @@ class HttpError(Exception):
 class Request:
     method: str
     path: str
-    params: dict = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    def json_object(self) -> dict:
+    def json_object(self) -> dict[str, Any]:
         if not isinstance(self.body, dict):
             raise HttpError(400, "expected a JSON object in the request body")
         return self.body
 
-    def forward_headers(self) -> dict:
+    def forward_headers(self) -> dict[str, str]:
         return propagated_headers(self.headers)
 
 
-def propagated_headers(headers: Mapping[str, str]) -> dict:
+def propagated_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The subset of `headers` that must travel with every downstream call."""
     wanted = {}
     for name, value in headers.items():
@@ -118,7 +118,7 @@ class Service:
     def __init__(self, name: str) -> None:
         self.name = name
         self.log = logging.getLogger(name)
-        self._routes: list = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.route("GET", "/healthz")(lambda request: (200, {"status": "ok", "service": self.name}))
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -143,7 +143,8 @@ class Service:
                 continue
             request = Request(method, path, match.groupdict(), body, dict(headers or {}))
             try:
-                return handler(request)
+                reply: Reply = handler(request)
+                return reply
             except HttpError as exc:
                 return exc.status, {"error": exc.message}
             except Exception:
@@ -196,7 +197,7 @@ def _handler_class(service: Service) -> type:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            key = route_key(self.headers)
+            key = route_key(dict(self.headers.items()))
             service.log.info("%s %s %d route=%s", self.command, path, status, key or "-")
 
         do_GET = do_POST = do_PUT = do_DELETE = _handle

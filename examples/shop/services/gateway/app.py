@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from services.common.web import HttpError, Reply, Request, Service, call_json, error_text
 
 
-def checkout_request(body: dict) -> dict:
+def checkout_request(body: dict[str, Any]) -> dict[str, Any]:
     """The order to place, or a 400 naming the bad field."""
     sku = body.get("sku")
     quantity = body.get("quantity", 1)

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from services.common.web import HttpError, Reply, Request, Service
 
@@ -44,7 +45,7 @@ def init_db(db_path: Path) -> None:
         conn.executemany("INSERT OR IGNORE INTO products VALUES (?, ?, ?, ?)", SEED)
 
 
-def stock_level(conn: sqlite3.Connection, sku: str) -> dict:
+def stock_level(conn: sqlite3.Connection, sku: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM products WHERE sku = ?", (sku,)).fetchone()
     if row is None:
         raise HttpError(404, f"unknown sku {sku!r}")
@@ -56,7 +57,7 @@ def stock_level(conn: sqlite3.Connection, sku: str) -> dict:
     }
 
 
-def reserve(conn: sqlite3.Connection, sku: str, quantity: int) -> dict:
+def reserve(conn: sqlite3.Connection, sku: str, quantity: int) -> dict[str, Any]:
     """Take up to `quantity` units of `sku` out of stock."""
     if quantity < 1:
         raise HttpError(400, f"quantity must be at least 1, got {quantity}")

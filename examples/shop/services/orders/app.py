@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from services.common.web import HttpError, Reply, Request, Service, call_json, error_text
 
@@ -25,7 +26,9 @@ def order_total_cents(unit_price_cents: int, quantity: int) -> int:
     return unit_price_cents * quantity
 
 
-def order_view(order_id: int, sku: str, quantity: int, unit_price_cents: int, reservation: dict) -> dict:
+def order_view(
+    order_id: int, sku: str, quantity: int, unit_price_cents: int, reservation: dict[str, int]
+) -> dict[str, Any]:
     return {
         "order_id": order_id,
         "sku": sku,
@@ -56,6 +59,8 @@ def build(db_path: Path, inventory_url: str) -> Service:
     def _place(request: Request) -> Reply:
         body = request.json_object()
         sku = body.get("sku")
+        if not isinstance(sku, str):
+            raise HttpError(400, "'sku' is required")
         quantity = int(body.get("qty", 1))
         status, reply = call_json(
             "POST", f"{inventory_url}/reserve", {"sku": sku, "quantity": quantity}, request.forward_headers()
