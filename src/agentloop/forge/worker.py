@@ -164,9 +164,12 @@ class Worker:
         key = (job.repo, job.issue)
         with self._cancels_lock:
             self._cancels[key] = cancel
-        forge = GitHubForge(
-            job.repo, api_url=self.api_url, token=self.tokens(job.installation_id), **self.forge_options
-        )
+        try:
+            token = self.tokens(job.installation_id)
+        except LoopError as exc:
+            self.queue.finish(job.id, "failed", message=str(exc))
+            return
+        forge = GitHubForge(job.repo, api_url=self.api_url, token=token, **self.forge_options)
         issue = Issue(number=job.issue, title="")
         try:
             status, message, run_id, pull = self._execute(job, forge, issue, cancel)
