@@ -163,3 +163,11 @@ def test_a_dollar_budget_already_spent_makes_no_call(fake: FakeAnthropic, worktr
     result = coder_for(config=config).edit(edit_task(worktree, usage_so_far=Usage(cost_usd=1.25)))
     assert result.stop_reason == "budget" and "agent.budget.usd" in (result.error or "")
     assert fake.requests == []
+
+
+def test_an_answer_cut_at_max_tokens_is_continued(fake: FakeAnthropic, worktree: Path,
+                                                  coder_for: MakeCoder) -> None:
+    fake.add(message(text("I will now explain at len"), stop_reason="max_tokens"), message(text("gth. Done.")))
+    result = coder_for().edit(edit_task(worktree))
+    assert result.stop_reason == "done" and result.turns == 2
+    assert "Continue exactly where you stopped" in fake.requests[1]["messages"][-1]["content"][0]["text"]

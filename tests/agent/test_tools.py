@@ -84,3 +84,18 @@ def test_editor_view_insert_and_listing(worktree: Path) -> None:
     assert ambiguous.is_error and "2 times" in ambiguous.content
     assert tools.run(edit, {"command": "view", "path": "missing.py"}).is_error
     assert tools.run("bash", {"restart": True}).is_error is False
+
+
+def test_the_model_sees_secret_shaped_code_as_it_is_but_never_a_secret_value(
+        worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERS_DB_PASSWORD", "correct-horse-battery")
+    code = 'api_key = os.environ["ORDERS_KEY"]\npassword = "hardcoded-in-tests"\nDSN = "correct-horse-battery"\n'
+    (worktree / "settings.py").write_text(code)
+    tools = _toolbox(worktree)
+    shown = tools.run("str_replace_based_edit_tool", {"command": "view", "path": "settings.py"}).content
+    assert 'api_key = os.environ["ORDERS_KEY"]' in shown and 'password = "hardcoded-in-tests"' in shown
+    assert "correct-horse-battery" not in shown and "[REDACTED]" in shown
+    replaced = tools.run("str_replace_based_edit_tool", {"command": "str_replace", "path": "settings.py",
+                                                         "old_str": 'password = "hardcoded-in-tests"',
+                                                         "new_str": 'password = os.environ["PW"]'})
+    assert not replaced.is_error

@@ -28,7 +28,6 @@ from agentloop.records import EditResult, Usage
 logger = logging.getLogger(__name__)
 
 _EPHEMERAL = {"type": "ephemeral"}
-_CONTINUE = "Your answer was cut off at the output limit. Continue where you stopped."
 
 
 def _text_of(content: list[dict[str, Any]]) -> str:
@@ -124,7 +123,7 @@ class AgentCoder:
             if calls:
                 messages.append({"role": "user", "content": [self._run_tool(toolbox, c, task, turn) for c in calls]})
             elif stop_reason == "max_tokens":
-                messages.append({"role": "user", "content": [{"type": "text", "text": _CONTINUE}]})
+                messages.append({"role": "user", "content": [{"type": "text", "text": load_prompt("continue")}]})
             elif stop_reason == "refusal":
                 return EditResult(summary=summary, usage=usage, turns=turn, stop_reason="error",
                                   error="the model refused the task (stop_reason refusal)")

@@ -1,8 +1,8 @@
 """The agent's tools: Anthropic's text editor and bash client tools, and `http_request` to the sandbox.
 
 Every call is answered with a tool_result; a refused or malformed call is an error result (is_error)
-with the reason, so the model can correct itself and the run goes on. Every result is passed through
-`redact` before the model (or the transcript) sees it.
+with the reason, so the model can correct itself and the run goes on. Every result has the values of
+secret environment variables masked before the model (or the transcript) sees it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentloop.agent.editor import Editor, EditorError, EditorInput
 from agentloop.agent.policy import ConfinedShell
-from agentloop.redact import redact
+from agentloop.redact import MASK, secret_values
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,15 @@ class ToolBox:
             outcome = self._http(tool_input)
         else:
             outcome = ToolOutcome(content=f"unknown tool {name!r}", is_error=True)
-        return ToolOutcome(content=redact(outcome.content, extra=self._secrets), is_error=outcome.is_error)
+        return ToolOutcome(content=self._mask(outcome.content), is_error=outcome.is_error)
+
+    def _mask(self, text: str) -> str:
+        # Only literal secret values are masked here, not secret-shaped text: the model must see code
+        # like `api_key = os.environ[...]` as it is, or its str_replace calls would never match.
+        for value in sorted({*self._secrets, *secret_values()}, key=len, reverse=True):
+            if len(value) >= 6:
+                text = text.replace(value, MASK)
+        return text
 
     def _editor(self, raw: dict[str, Any]) -> ToolOutcome:
         try:
