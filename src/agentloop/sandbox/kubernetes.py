@@ -150,7 +150,10 @@ class KubernetesSandboxBackend:
                                  labels.get(mf.SERVICE_LABEL, obj["metadata"]["name"]),
                                  timeout=self.settings.rollout_timeout, interval=self.settings.poll_interval)
         info = self.get(name)
-        assert info is not None  # just applied with its labels
+        if info is None:  # nothing forked: the sandbox is the baseline seen with a route key
+            info = SandboxInfo(name=name, backend=self.name, route_key=route_key, created_at=created,
+                               routing_headers=mf.routing_headers(route_key, self.config.sandbox.route_header),
+                               link=self._link(name))
         return info
 
     def _build(self, name: str, service: str, source: Path) -> None:
