@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +50,6 @@ class SandboxBackend(Protocol):
     def remove(self, name: str) -> None:
         ...
 
-    def gc(self) -> list[str]:
+    def gc(self) -> builtins.list[str]:  # `list` here would be the method above
         """Remove expired sandboxes and orphans; return what was removed."""
         ...
