@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 def version(label: str) -> tuple[str, str]:
     return ('VERSION = "base"', f'VERSION = "{label}"')
@@ -26,3 +28,15 @@ def gone(pid: int | None, port: int | None) -> bool:
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def eventually(read: Callable[[], str], needle: str, seconds: float = 5.0) -> str:
+    """`read()` once it contains `needle` (logs are written by another process, a moment later)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    text = read()
+    while needle not in text and time.monotonic() < deadline:
+        time.sleep(0.02)
+        text = read()
+    return text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sandbox_shop import chain, gone, port_of, version
+from sandbox_shop import chain, eventually, gone, port_of, version
 
 from agentloop.config import LoopConfig
 from agentloop.errors import DeployError, LoopError
@@ -98,7 +98,7 @@ def test_logs_are_timestamped_and_sliced_by_time(
     try:
         marker = time.time()
         client.get(f"{info.service_urls['orders']}/call", headers=info.routing_headers)
-        everything = backend.logs("logs", "orders")
+        everything = eventually(lambda: backend.logs("logs", "orders"), "GET /call")
         assert "orders listening on" in everything and "GET /call" in everything
         recent = backend.logs("logs", "orders", since=marker)
         assert "GET /call" in recent and "listening on" not in recent

@@ -21,6 +21,7 @@ baseline) and DeployError is raised; healthy forks of the same call are swapped 
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -121,7 +122,8 @@ class LocalSandboxBackend:
                 raise LoopError(f"sandbox {name!r} already exists; use `loop sandbox rm {name}` or update it")
             data.sandboxes[name] = SandboxRecord(
                 name=name, route_key=secrets.token_hex(8), created_at=now, expires_at=now + self.config.sandbox.ttl,
-                owner=self._owner(), log_dir=str(log_dir or self._sandbox_dir(name) / "logs"),
+                # The creating process owns it until it is ready, so a create killed half-way is gc'd.
+                owner=process.record_of(os.getpid()), log_dir=str(log_dir or self._sandbox_dir(name) / "logs"),
             )
         try:
             self._deploy(name, forks, baseline)
@@ -146,7 +148,7 @@ class LocalSandboxBackend:
         record = data.sandboxes.get(name)
         return None if record is None else self._info(record, data.baseline)
 
-    def list(self) -> list[SandboxInfo]:
+    def list(self) -> builtins.list[SandboxInfo]:
         data = self.registry.read()
         records = sorted(data.sandboxes.values(), key=lambda r: r.created_at)
         return [self._info(record, data.baseline) for record in records]
@@ -164,7 +166,7 @@ class LocalSandboxBackend:
             return slice_log(Path(fork.log_path), since, until)
         return slice_log(self._baseline_dir / "logs" / f"{service}.log", since, until)
 
-    def requests(self, name: str) -> list[dict[str, Any]]:
+    def requests(self, name: str) -> builtins.list[dict[str, Any]]:
         """The router's records of requests that carried this sandbox's route key (or none, for
         `baseline`): time, sandbox, service, method, path, target, url, status, latency_ms."""
         if name == BASELINE_NAME:
@@ -185,9 +187,9 @@ class LocalSandboxBackend:
         shutil.rmtree(self._sandbox_dir(name), ignore_errors=True)
         (self.root / "requests" / f"{record.route_key}.jsonl").unlink(missing_ok=True)
 
-    def gc(self, *, now: float | None = None) -> list[str]:
+    def gc(self, *, now: float | None = None) -> builtins.list[str]:
         now = time.time() if now is None else now
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         for name, record in self.registry.read().sandboxes.items():
             reason = "expired" if now > record.expires_at else ("owner gone" if self._orphaned(record.owner) else "")
             if reason:
@@ -299,6 +301,7 @@ class LocalSandboxBackend:
         with self.registry.edit() as data:
             record = data.sandboxes[name]
             record.ready = True
+            record.owner = self._owner()  # whoever deploys last owns it (e.g. `loop resume`)
             baseline = data.baseline
         return self._info(record, baseline)
 
@@ -399,7 +402,7 @@ class LocalSandboxBackend:
         data.sandboxes = {}
         self.registry.write(data)
 
-    def _kill_untracked(self) -> list[str]:
+    def _kill_untracked(self) -> builtins.list[str]:
         """Stop tagged processes whose record is gone (their `loop` died between start and record)."""
         with self.registry.locked():
             data = self.registry.read()

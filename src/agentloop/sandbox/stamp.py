@@ -20,7 +20,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 EXIT_MARK = "[loop] exited with code"
 
@@ -61,7 +61,7 @@ def tail(path: Path, lines: int = 40) -> str:
     return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-lines:])
 
 
-def _copy_stamped(source: BinaryIO, log: BinaryIO) -> None:
+def _copy_stamped(source: IO[bytes], log: IO[bytes]) -> None:
     for raw in iter(source.readline, b""):
         log.write(now_iso().encode() + b" " + raw.rstrip(b"\r\n") + b"\n")
         log.flush()
@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     # The whole process group gets SIGTERM from `stop`; keep running until the service's output ends
-    # so its last lines and its exit code reach the log.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # so its last lines and its exit code reach the log. A handler (unlike SIG_IGN) is not inherited
+    # across exec, so the service still gets the default SIGTERM.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("ab") as log:
         child = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         assert child.stdout is not None
         _copy_stamped(child.stdout, log)

@@ -1,0 +1,194 @@
+"""`loop sandbox ...`: the shared baseline and per-run sandboxes from the command line.
+
+Sandboxes and baselines made here belong to no process: they live until `rm`, `baseline down` or
+their TTL (`gc`). Errors print one line, `error: ...`, to stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentloop import paths
+from agentloop.config import load_config
+from agentloop.errors import LoopError
+from agentloop.records import SandboxInfo
+from agentloop.sandbox.base import SandboxBackend
+from agentloop.sandbox.factory import open_backend
+from agentloop.sandbox.local import LocalSandboxBackend
+
+app = typer.Typer(help="Sandboxes: a shared baseline plus per-run forks of the changed services.", no_args_is_help=True)
+baseline_app = typer.Typer(help="The shared baseline: every service at the base branch.", no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+
+Repo = Annotated[Path, typer.Option("--repo", help="The target repository (default: the current directory).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except LoopError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _open(repo: Path) -> SandboxBackend:
+    root = paths.repo_root(repo)
+    backend = open_backend(root, load_config(root))
+    if isinstance(backend, LocalSandboxBackend):
+        backend.owner_pid = None  # outlives this command; see the module docstring
+    return backend
+
+
+def _parse_time(option: str, value: str | None) -> float | None:
+    if value is None:
+        return None
+    if duration := _DURATION.fullmatch(value.strip()):
+        return time.time() - float(duration.group(1)) * _SECONDS[duration.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise LoopError(
+            f"{option} {value!r}: use an ISO time (2026-01-02T10:00), seconds since the epoch, or an age like 10m"
+        ) from None
+
+
+def _parse_forks(forks: list[str], repo: Path) -> dict[str, Path]:
+    parsed: dict[str, Path] = {}
+    for item in forks:
+        service, _, path = item.partition("=")
+        if not service:
+            raise LoopError(f"--fork {item!r}: expected SERVICE or SERVICE=PATH")
+        source = Path(path).expanduser().resolve() if path else paths.repo_root(repo)
+        if not source.is_dir():
+            raise LoopError(f"--fork {item!r}: {source} is not a directory; give a worktree of the repository")
+        parsed[service] = source
+    return parsed
+
+
+def _print_sandboxes(sandboxes: list[SandboxInfo], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([box.model_dump(mode="json") for box in sandboxes], indent=2))
+        return
+    table = Table("name", "route key", "forks", "link", "expires")
+    for box in sandboxes:
+        expires = datetime.fromtimestamp(box.expires_at).isoformat(timespec="seconds") if box.expires_at else ""
+        table.add_row(box.name, box.route_key, ", ".join(box.forks) or "-", box.link or "", expires)
+    Console().print(table)
+
+
+@baseline_app.command("up")
+def baseline_up(repo: Repo = Path(".")) -> None:
+    """Start every service from the base branch, with the router, unless it is already up."""
+    with _errors():
+        backend = _open(repo)
+        started = backend.baseline_up()
+        typer.echo("baseline started" if started else "baseline already up")
+        _print_status(backend.baseline_status(), False)
+
+
+@baseline_app.command("down")
+def baseline_down(repo: Repo = Path(".")) -> None:
+    """Stop the baseline, its router and every sandbox on it."""
+    with _errors():
+        _open(repo).baseline_down()
+        typer.echo("baseline down")
+
+
+@baseline_app.command("status")
+def baseline_status(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+    """Whether the baseline is up, and each service's stable address."""
+    with _errors():
+        _print_status(_open(repo).baseline_status(), as_json)
+
+
+def _print_status(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+        return
+    if not status.get("up"):
+        typer.echo("baseline: down")
+        return
+    typer.echo(f"baseline: up at {str(status.get('commit', ''))[:12]}")
+    table = Table("service", "address", "upstream", "pid", "alive")
+    for name, entry in (status.get("services") or {}).items():
+        table.add_row(name, str(entry.get("url", "")), str(entry.get("upstream", "")), str(entry.get("pid", "")),
+                      "yes" if entry.get("alive") else "NO")
+    Console().print(table)
+
+
+@app.command("create")
+def create(
+    name: str,
+    fork: Annotated[list[str], typer.Option("--fork", help="SERVICE or SERVICE=PATH (a worktree); repeatable.")],
+    repo: Repo = Path("."),
+    as_json: AsJson = False,
+) -> None:
+    """Create sandbox NAME forking the given services; everything else is served by the baseline."""
+    with _errors():
+        backend = _open(repo)
+        forks = _parse_forks(fork, repo)
+        if backend.baseline_up():
+            typer.echo("baseline started", err=True)
+        _print_sandboxes([backend.create(name, forks)], as_json)
+
+
+@app.command("ls")
+def list_sandboxes(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+    """List the sandboxes."""
+    with _errors():
+        _print_sandboxes(_open(repo).list(), as_json)
+
+
+@app.command("logs")
+def logs(
+    name: str,
+    service: str,
+    repo: Repo = Path("."),
+    since: Annotated[str | None, typer.Option(help="ISO time, epoch seconds or an age (30s, 10m, 2h).")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, epoch seconds or an age (30s, 10m, 2h).")] = None,
+) -> None:
+    """A service's log in sandbox NAME (`baseline` for the baseline; SERVICE `router` for the router)."""
+    with _errors():
+        text = _open(repo).logs(name, service, since=_parse_time("--since", since), until=_parse_time("--until", until))
+        typer.echo(text, nl=False)
+
+
+@app.command("rm")
+def remove(name: str, repo: Repo = Path(".")) -> None:
+    """Remove sandbox NAME and stop its forks."""
+    with _errors():
+        backend = _open(repo)
+        if backend.get(name) is None:
+            raise LoopError(f"no sandbox named {name!r}; see `loop sandbox ls`")
+        backend.remove(name)
+        typer.echo(f"removed {name}")
+
+
+@app.command("gc")
+def gc(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+    """Remove expired sandboxes and whatever a killed `loop` left behind."""
+    with _errors():
+        removed = _open(repo).gc()
+        if as_json:
+            typer.echo(json.dumps(removed))
+        else:
+            typer.echo("\n".join(f"removed {item}" for item in removed) or "nothing to remove")
