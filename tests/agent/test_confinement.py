@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,15 @@ def test_bubblewrap_keeps_the_system_read_only_and_the_network_off(worktree: Pat
     assert offline.exit_code != 0 and "refused" in offline.output.lower()
     online = _shell(worktree, True, network=True).run(probe)
     assert "HTTP Error 501" in online.output or "HTTP Error 405" in online.output  # reached the server
+
+
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap is not usable on this machine")
+def test_git_works_inside_bubblewrap_in_a_linked_worktree(worktree: Path, tmp_path: Path) -> None:
+    linked = tmp_path / "linked"
+    subprocess.run(["git", "worktree", "add", "-q", "-b", "loop/7-r", str(linked)], cwd=worktree, check=True)
+    (linked / "README.md").write_text("changed\n")
+    result = _shell(linked, True).run("git diff --stat")
+    assert result.exit_code == 0 and "README.md | 2 +-" in result.output
 
 
 def test_secret_variables_never_reach_commands(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -144,9 +144,12 @@ class ConfinedShell:
         if not self.confined:
             return shell
         wt = str(self.worktree)
-        argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                "--bind", wt, wt, "--chdir", wt, "--unshare-pid", "--unshare-ipc", "--die-with-parent",
-                "--new-session"]
+        argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        git_dir = _git_common_dir(self.worktree)
+        if git_dir is not None:  # under the private /tmp it would vanish, and `git diff` with it
+            argv += ["--ro-bind", str(git_dir), str(git_dir)]
+        argv += ["--bind", wt, wt, "--chdir", wt, "--unshare-pid", "--unshare-ipc", "--die-with-parent",
+                 "--new-session"]
         if not self.policy.network:
             argv.append("--unshare-net")
         return argv + ["--"] + shell
@@ -155,7 +158,10 @@ class ConfinedShell:
         env = scrubbed_env()
         env.update({k: v for k, v in self._extra_env.items()})
         env = scrubbed_env(env)  # nothing secret-named comes in through extra_env either
-        env.update({"PWD": str(self.worktree), "GIT_TERMINAL_PROMPT": "0", "PAGER": "cat", "GIT_PAGER": "cat"})
+        env.update({"PWD": str(self.worktree), "GIT_TERMINAL_PROMPT": "0", "PAGER": "cat", "GIT_PAGER": "cat",
+                    # Caches written into the worktree would end up in the pull request.
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                    "PYTEST_ADDOPTS": (env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider").strip()})
         return env
 
     def run(self, command: str) -> CommandResult:
@@ -187,6 +193,16 @@ class ConfinedShell:
             output += f"\n[command killed after {self.policy.command_timeout:g}s (policy.command_timeout)]"
         return CommandResult(exit_code=None if timed_out else process.returncode, output=output,
                              timed_out=timed_out, truncated=truncated)
+
+
+def _git_common_dir(worktree: Path) -> Path | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=worktree, capture_output=True,
+                             text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(out.stdout.strip())
+    return (path if path.is_absolute() else worktree / path).resolve()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
