@@ -39,6 +39,7 @@ def db():
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, fmt, *args):
         print(NAME, self.command, self.path, flush=True)

@@ -77,15 +77,16 @@ class RoutingTable:
         self.baseline: dict[str, str] = {}
         self.sandboxes: dict[str, tuple[str, dict[str, str]]] = {}
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Reload if the registry changed; return whether it did."""
         try:
             stat = os.stat(self._registry)
         except FileNotFoundError:
             self.baseline, self.sandboxes, self._signature = {}, {}, None
-            return
+            return True
         signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if signature == self._signature:
-            return
+            return False
         data = json.loads(self._registry.read_bytes())
         baseline = data.get("baseline") or {}
         self.baseline = {name: svc["url"] for name, svc in (baseline.get("services") or {}).items()}
@@ -94,6 +95,7 @@ class RoutingTable:
             for name, box in (data.get("sandboxes") or {}).items()
         }
         self._signature = signature
+        return True
 
     def resolve(self, service: str, key: str | None) -> tuple[str | None, str | None, str]:
         """(sandbox name or None, upstream url or None, "fork" | "baseline")."""
@@ -154,7 +156,8 @@ class Router:
 
     async def _proxy(self, request: web.Request, service: str) -> web.StreamResponse:
         started = time.perf_counter()
-        self.table.refresh()
+        if self.table.refresh():
+            self._close_stale_logs()
         key = route_key_of(request.headers, dict(request.cookies), self._route_header)
         sandbox, upstream_url, target = self.table.resolve(service, key)
         status = 502
@@ -190,6 +193,10 @@ class Router:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+    def _close_stale_logs(self) -> None:
+        for key in [key for key in self._logs if key != BASELINE_LOG and key not in self.table.sandboxes]:
+            self._logs.pop(key).close()
 
     def _record(
         self, key: str | None, sandbox: str | None, service: str, request: web.Request, target: str,
