@@ -1,0 +1,228 @@
+"""Suites: a test command run in the worktree with the sandbox in its environment; results read
+from JUnit XML, one `TestCaseResult` per test.
+
+pytest commands get `--junitxml` added (with `junit_family=xunit1`, whose `file` attribute lets a
+failing test be rerun by its node id); other runners name their report with `junit:`. A runner with
+no report still gives one result: the suite itself, passed or failed by its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from junitparser import JUnitXml, TestCase, TestSuite
+from junitparser.junitparser import JUnitXmlError
+
+from agentloop.config import SuiteConfig
+from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
+from agentloop.redact import redact
+
+log = logging.getLogger(__name__)
+
+TAIL_CHARS = 3000
+_MESSAGE_CHARS = 2000
+_PYTEST_START = re.compile(r"^\s*(?:\S*/)?(?:pytest|py\.test|python[\d.]*\s+-m\s+pytest)(?:\s|$)")
+_SHELL_SYNTAX = re.compile(r"[;&|<>`$()]")
+BASELINE_SANDBOX_NAME = "baseline"
+
+
+def suite_env(sandbox: SandboxInfo | None, *, baseline: bool = False) -> dict[str, str]:
+    """The environment a suite runs in. On the baseline the same service URLs are given without the
+    route key, so the router sends every request to the baseline."""
+    env = dict(os.environ)
+    # `pytest` and `python` must resolve to the environment loop runs in (Debian has no `python`).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if sandbox is None:
+        return env
+    env["LOOP_SANDBOX"] = BASELINE_SANDBOX_NAME if baseline else sandbox.name
+    env["LOOP_SANDBOX_URL"] = sandbox.router_url
+    env["LOOP_ROUTE_KEY"] = "" if baseline else sandbox.route_key
+    env["LOOP_ROUTING_HEADERS"] = json.dumps({} if baseline else sandbox.routing_headers)
+    for service, url in sandbox.service_urls.items():
+        env[f"LOOP_URL_{service.upper().replace('-', '_')}"] = url
+    return env
+
+
+def is_pytest(command: str) -> bool:
+    return bool(_PYTEST_START.match(command))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    exit_code: int | None
+    output: str
+    timed_out: bool
+    duration: float
+
+
+def run_suite(
+    suite: SuiteConfig,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    out_dir: Path,
+    label: str = "",
+    only: Sequence[str] | None = None,
+    secrets: Collection[str] = (),
+) -> SuiteResult:
+    """Run `suite` in `cwd`; write `<label>.xml` and `<label>.log` into `out_dir`.
+
+    `only` names tests (node ids) to run instead of the whole suite where the runner allows it
+    (pytest); other runners run whole and their results are filtered to those names.
+    """
+    label = label or suite.suite
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / f"{safe_name(label)}.xml"
+    report.unlink(missing_ok=True)
+    command = suite.run
+    if is_pytest(command):
+        if only is not None:
+            command = _select(command, only, cwd)
+        command += f" -o junit_family=xunit1 --junitxml={shlex.quote(str(report))}"
+    elif suite.junit:
+        report = cwd / suite.junit
+        report.unlink(missing_ok=True)
+    outcome = _run(command, cwd=cwd, env=env, timeout=suite.timeout)
+    output = redact(outcome.output, extra=secrets)
+    (out_dir / f"{safe_name(label)}.log").write_text(f"$ {command}\n{output}", encoding="utf-8")
+    result = SuiteResult(
+        name=suite.suite, command=command, exit_code=outcome.exit_code, duration=round(outcome.duration, 3),
+        output_tail=_tail(output),
+    )
+    if outcome.timed_out:
+        result.error = f"timed out after {suite.timeout:g}s (raise `timeout:` for suite {suite.suite!r} in loop.yaml)"
+    tests = _read_report(report, secrets) if report.is_file() else None
+    if report.is_file() and report.parent != out_dir:
+        (out_dir / f"{safe_name(label)}.xml").write_bytes(report.read_bytes())
+    if tests is None:
+        tests = [_whole_suite_result(suite, outcome, result.output_tail)]
+        if outcome.exit_code != 0 and result.error is None:
+            where = f" at {suite.junit}" if suite.junit else ""
+            result.error = f"exited {outcome.exit_code} with no JUnit report{where}"
+    if only is not None:
+        wanted = set(only)
+        tests = [t for t in tests if t.name in wanted or _file_of(t.name) in wanted]
+    result.tests = tests
+    return result
+
+
+def test_file(name: str) -> str:
+    """The file of a test named by node id (`path::test`), or "" when the runner gave none."""
+    return _file_of(name) if "::" in name else ""
+
+
+def _file_of(name: str) -> str:
+    return name.split("::", 1)[0]
+
+
+def _select(command: str, only: Sequence[str], cwd: Path) -> str:
+    """The pytest command narrowed to `only`: positional paths holding those tests are replaced by
+    the node ids; options (`-c file`, `-k expr`) are kept."""
+    if _SHELL_SYNTAX.search(command):
+        return command
+    files = {_file_of(name) for name in only}
+    kept = [
+        token for token in shlex.split(command)
+        if token.startswith("-") or not (cwd / token).exists() or not any(_within(f, token) for f in files)
+    ]
+    return shlex.join([*kept, *only])
+
+
+def _within(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return root in ("", ".") or path == root or path.startswith(root + "/")
+
+
+def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> _Outcome:
+    started = time.monotonic()
+    # A session of its own, so that a timeout kills the runner's children too.
+    proc = subprocess.Popen(
+        command, shell=True, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        raw, _ = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raw, _ = proc.communicate()
+        timed_out = True
+    return _Outcome(
+        exit_code=None if timed_out else proc.returncode,
+        output=raw.decode("utf-8", errors="replace"),
+        timed_out=timed_out,
+        duration=time.monotonic() - started,
+    )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_report(path: Path, secrets: Collection[str]) -> list[TestCaseResult] | None:
+    try:
+        xml = JUnitXml.fromfile(str(path))
+    except (JUnitXmlError, OSError, SyntaxError) as exc:  # junitparser raises lxml/etree parse errors
+        log.warning("unreadable JUnit report %s: %s", path, exc)
+        return None
+    suites = [xml] if isinstance(xml, TestSuite) else list(xml)
+    return [_case_result(case, secrets) for suite in suites for case in suite]
+
+
+def _case_result(case: TestCase, secrets: Collection[str]) -> TestCaseResult:
+    outcome = "passed"
+    message = ""
+    for item in case.result:
+        kind = type(item).__name__.lower()
+        outcome = "error" if kind == "error" else "skipped" if kind == "skipped" else "failed"
+        message = "\n".join(part for part in (item.message, item.text) if part)
+        break
+    return TestCaseResult(
+        name=_case_name(case), outcome=outcome,  # type: ignore[arg-type]
+        duration=round(float(case.time or 0.0), 3),
+        message=redact(message, extra=secrets)[:_MESSAGE_CHARS],
+    )
+
+
+def _case_name(case: TestCase) -> str:
+    """pytest's node id (`tests/test_x.py::TestY::test_z`) when the report names the file."""
+    classname = case.classname or ""
+    file = case._elem.get("file")
+    if file and file.endswith(".py"):
+        module = file[: -len(".py")].replace("/", ".")
+        inner = classname[len(module) + 1:] if classname.startswith(module + ".") else ""
+        return "::".join(part for part in (file, *inner.split(".")) if part) + f"::{case.name}"
+    if file:
+        return f"{file}::{case.name}"
+    return f"{classname}.{case.name}" if classname else str(case.name)
+
+
+def _whole_suite_result(suite: SuiteConfig, outcome: _Outcome, tail: str) -> TestCaseResult:
+    passed = outcome.exit_code == 0
+    return TestCaseResult(
+        name=suite.suite, outcome="passed" if passed else "error", duration=round(outcome.duration, 3),
+        message="" if passed else tail[-_MESSAGE_CHARS:],
+    )
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= TAIL_CHARS else "…" + text[-TAIL_CHARS:]
+
+
+def safe_name(label: str) -> str:
+    """`label` as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")[:80] or "unnamed"
