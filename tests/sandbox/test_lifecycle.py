@@ -68,9 +68,11 @@ def test_update_restarts_only_changed_forks_and_keeps_the_route_key(
         assert gone(first.forks["orders"].pid, port_of(first.forks["orders"].url))
         response = client.get(f"{second.service_urls['web']}/call", headers=second.routing_headers)
         assert chain(response.json()) == ["web1", "orders2", "base"]
+        third = backend.update("update", {"inventory": tree})  # a service forked later joins the sandbox
+        assert third.route_key == first.route_key and set(third.forks) == {"web", "orders", "inventory"}
     finally:
         backend.remove("update")
-    assert all(gone(f.pid, port_of(f.url)) for f in second.forks.values())
+    assert all(gone(f.pid, port_of(f.url)) for f in third.forks.values())
 
 
 def test_failed_update_drops_the_fork_and_keeps_the_sandbox(

@@ -88,10 +88,11 @@ def _print_sandboxes(sandboxes: list[SandboxInfo], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([box.model_dump(mode="json") for box in sandboxes], indent=2))
         return
-    table = Table("name", "route key", "forks", "link", "expires")
+    table = Table("name", "route key", "forks", "expires")
+    table.add_column("link", overflow="fold")
     for box in sandboxes:
         expires = datetime.fromtimestamp(box.expires_at).isoformat(timespec="seconds") if box.expires_at else ""
-        table.add_row(box.name, box.route_key, ", ".join(box.forks) or "-", box.link or "", expires)
+        table.add_row(box.name, box.route_key, ", ".join(box.forks) or "-", expires, box.link or "")
     Console().print(table)
 
 
