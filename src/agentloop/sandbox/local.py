@@ -28,9 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -332,7 +329,7 @@ class LocalSandboxBackend:
             git.remove_worktree(repo, worktree)
         worktree.parent.mkdir(parents=True, exist_ok=True)
         git.add_worktree(repo, worktree, branch=None, commit=commit)
-        sockets = {name: _listening_socket() for name in self.config.services}
+        sockets = {name: process.listening_socket() for name in self.config.services}
         baseline = BaselineRecord(
             commit=commit, worktree=str(worktree), started_at=time.time(),
             owner=process.record_of(os.getpid()),  # the starter, until ready; see _finish_baseline
@@ -341,7 +338,11 @@ class LocalSandboxBackend:
         data.baseline = baseline
         self.registry.write(data)
         try:
-            baseline.router = self._start_router(sockets)
+            baseline.router = process.spawn_router(
+                registry=self.registry.path, requests_dir=self.root / "requests",
+                route_header=self.config.sandbox.route_header, sockets=sockets,
+                log_path=self._baseline_dir / "logs" / "router.log",
+            )
         finally:
             for sock in sockets.values():
                 sock.close()
@@ -373,22 +374,6 @@ class LocalSandboxBackend:
         baseline.ready = True
         self.registry.write(data)
 
-    def _start_router(self, sockets: dict[str, socket.socket]) -> ProcessRecord:
-        log_path = self._baseline_dir / "logs" / "router.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "agentloop.sandbox.router", "--registry", str(self.registry.path),
-            "--requests", str(self.root / "requests"), "--route-header", self.config.sandbox.route_header,
-        ]
-        for name, sock in sockets.items():
-            argv += ["--listen", f"{name}={sock.fileno()}"]
-        with log_path.open("ab") as log_file:
-            router = subprocess.Popen(
-                argv, pass_fds=[sock.fileno() for sock in sockets.values()], start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-            )
-        return process.record_of(router.pid)
-
     def _stop_everything(self, data: RegistryData) -> None:
         """Stop the baseline and every sandbox in `data`, then record that (caller holds the lock)."""
         for record in data.sandboxes.values():
@@ -417,10 +402,3 @@ class LocalSandboxBackend:
                     removed.append(f"process {pid} ({tag.strip('_')}: record gone)")
             return removed
 
-
-def _listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    return sock

@@ -40,6 +40,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening_socket() -> socket.socket:
+    """A loopback socket already listening, to hand to the router: its port is known and kept."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    return sock
+
+
+def spawn_router(
+    *, registry: Path, requests_dir: Path, route_header: str, sockets: Mapping[str, socket.socket], log_path: Path
+) -> ProcessRecord:
+    """Start the router process (see router.py) on the given listening sockets, in its own session."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "agentloop.sandbox.router", "--registry", str(registry),
+        "--requests", str(requests_dir), "--route-header", route_header,
+    ]
+    for name, sock in sockets.items():
+        argv += ["--listen", f"{name}={sock.fileno()}"]
+    with log_path.open("ab") as log_file:
+        router = subprocess.Popen(
+            argv, pass_fds=[sock.fileno() for sock in sockets.values()], start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        )
+    return record_of(router.pid)
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
