@@ -3,7 +3,8 @@
 Artifacts are every file under the run directory except those that are not final when the evidence
 is written (see `EXCLUDED`): the evidence itself, the checkpoint database, `events.jsonl` and
 `run.json` (still appended/rewritten as the run finishes), and `logs/` (the sandbox's forks keep
-writing their logs there while the sandbox lives). Their relevant content is captured as excerpts.
+writing their logs there while the sandbox lives; their excerpts are in the evidence), and `reruns/`
+(written later by `loop verify --rerun`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from agentloop.records import DeployResult, Diagnosis, SandboxInfo, Usage, Verdi
 SCHEMA_VERSION = 1
 EVIDENCE_FILE = "evidence.json"
 REPORT_FILE = "report.md"
-EXCLUDED = ("evidence.json", "checkpoints*", "events.jsonl", "run.json", "logs/*", "*.tmp")
+EXCLUDED = ("evidence.json", "checkpoints*", "events.jsonl", "run.json", "logs/*", "reruns/*", "*.tmp")
 _TIME_GROUPS = {"provisioning": ("deploy",), "tests": ("validate",), "model": ("edit",)}
 
 
@@ -81,7 +82,7 @@ def write_evidence(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     """Write report.md and evidence.json (schema_version 1) into `run_dir`; return the evidence."""
     from agentloop.evidence.report import render_report
 
-    evidence = _redacted(build_evidence(run_dir, state))
+    evidence: dict[str, Any] = _redacted(build_evidence(run_dir, state))
     (run_dir / REPORT_FILE).write_text(render_report(evidence), encoding="utf-8")
     evidence["artifacts"] = artifacts(run_dir)
     tmp = run_dir / f"{EVIDENCE_FILE}.tmp"
