@@ -22,7 +22,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from agentloop.errors import LoopError
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
-from agentloop.redact import redact
+from agentloop.redact import MASK, is_secret_name, redact
 from agentloop.sandbox.base import SandboxBackend
 from agentloop.validation.plan_file import Expect, HttpAction, LogsAction, Step, StatusCheck, WaitAction, load_plan
 from agentloop.validation.suites import safe_name
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BODY_CHARS = 4000
 _MISSING = object()
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
 _PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -141,8 +142,9 @@ class _StepRunner:
 
     def _http(self, action: HttpAction, expect: Expect | None, record: dict[str, Any]) -> None:
         url = self._url(action.service, action.path)
-        request: dict[str, Any] = {"method": action.method.upper(), "url": url, "headers": self._headers(action.headers)}
-        kwargs: dict[str, Any] = {"headers": request["headers"], "timeout": action.timeout}
+        headers = self._headers(action.headers)
+        request: dict[str, Any] = {"method": action.method.upper(), "url": url, "headers": _masked(headers)}
+        kwargs: dict[str, Any] = {"headers": headers, "timeout": action.timeout}
         if action.json_ is not None:
             kwargs["json"] = request["json"] = action.json_
         elif action.body is not None:
@@ -151,7 +153,7 @@ class _StepRunner:
         record["request"] = request
         response = self.client.request(request["method"], url, **kwargs)
         record["response"] = {
-            "status": response.status_code, "headers": dict(response.headers), "body": _cut(response.text),
+            "status": response.status_code, "headers": _masked(response.headers), "body": _cut(response.text),
             "elapsed_ms": round(response.elapsed.total_seconds() * 1000, 1),
         }
         if expect is not None:
@@ -216,6 +218,14 @@ def json_value(document: Any, path: str) -> Any:
         else:
             return _MISSING
     return node if position == len(rest) else _MISSING
+
+
+def _masked(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers for the record: credentials and cookies masked whatever their shape."""
+    return {
+        name: MASK if name.lower() in _CREDENTIAL_HEADERS or is_secret_name(name) else value
+        for name, value in headers.items()
+    }
 
 
 def _cut(text: str, limit: int = BODY_CHARS) -> str:
