@@ -68,8 +68,8 @@ def _check_commits(evidence: dict[str, Any], run_dir: Path, repo: Path) -> list[
     repository = git.open_repo(repo)
     for label, sha in (("base", base), ("head", head)):
         try:
-            repository.commit(sha)
-        except (ValueError, gitpython.BadName):
+            repository.git.cat_file("-e", f"{sha}^{{commit}}")
+        except gitpython.GitCommandError:
             return [f"{label} commit {sha[:12]} is not in {repo} (fetch the run's branch, or it was rewritten)"]
     patch = run_dir / "diff.patch"
     if not patch.is_file():
