@@ -34,6 +34,11 @@ def _wait_for_event(repo: Path, node: str, proc: subprocess.Popen[str], timeout:
     raise AssertionError(f"{node} never started")
 
 
+def _hold_conftest(hold: Path) -> str:
+    """A conftest that makes the suite wait while `hold` exists: a window to kill the run in validate."""
+    return f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.1)\n"
+
+
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180)
 
@@ -41,9 +46,9 @@ def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp_path: Path) -> None:
     hold = tmp_path / "hold"
     hold.write_text("")
-    repo = make_repo(CALC_FILES, {
+    repo = make_repo({**CALC_FILES, "tests/conftest.py": _hold_conftest(hold)}, {
         "services": {},
-        "validate": [{"suite": "unit", "run": f"while [ -e {hold} ]; do sleep 0.1; done; python3 -m pytest -q tests"}],
+        "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],
     })
     cassette = write_cassette(tmp_path / "c.json", [[TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a + b\n\n\ndef sub")]])
     proc = _start(repo, "fix", "1", "--model", f"replay:{cassette}")
@@ -57,7 +62,7 @@ def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp
 
     resumed = _run(repo, "resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    branches = git(repo, "branch", "--list", "loop/*").split()
+    branches = git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/loop/").split()
     assert branches == [f"loop/1-{run_id}"]
     assert "return a + b" in git(repo, "show", f"loop/1-{run_id}:calc.py")
     assert len(list((repo / ".git" / "loop" / "pulls").glob("*.json"))) == 1
@@ -73,10 +78,9 @@ def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRep
     hold = tmp_path / "hold"
     hold.write_text("")
     repo = make_repo(
-        {"web/app.py": WEB_APP, ".loop/issues/2.md": "# /hello should say hello\n"},
+        {"web/app.py": WEB_APP, ".loop/issues/2.md": "# /hello should say hello\n", "tests/conftest.py": _hold_conftest(hold)},
         {"services": {"web": {"path": "web", "run": "python3 web/app.py --port {port}"}},
-         "validate": [{"suite": "integration", "sandbox": True,
-                       "run": f"while [ -e {hold} ]; do sleep 0.1; done; python3 -m pytest -q tests"}]},
+         "validate": [{"suite": "integration", "sandbox": True, "run": "python3 -m pytest -q tests"}]},
     )
     cassette = write_cassette(tmp_path / "c.json", [[create("tests/test_web.py", WEB_TEST), replace("web/app.py", 'b"hi"', 'b"hello"')]])
     proc = _start(repo, "fix", "2", "--model", f"replay:{cassette}")

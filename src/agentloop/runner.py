@@ -206,7 +206,8 @@ def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> N
     try:
         if remove_sandbox and ctx.backend.get(ctx.run_id) is not None:
             ctx.backend.remove(ctx.run_id)
-        if stop_baseline:
+        if stop_baseline and not ctx.backend.list():
+            # other runs may have made sandboxes on the baseline this run started; leave it up for them
             ctx.backend.baseline_down()
     except Exception:  # cleanup must not hide the run's own outcome; `loop sandbox gc` finishes it
         log.warning("cleanup of run %s failed; run `loop sandbox gc`", ctx.run_id, exc_info=True)

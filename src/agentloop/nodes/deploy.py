@@ -3,34 +3,22 @@ update only the forks whose code changed (same sandbox, same route key)."""
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from agentloop.config import LoopConfig
 from agentloop.context import RunContext
 from agentloop.errors import DeployError
 from agentloop.nodes._common import current_attempt, update_attempt
 from agentloop.records import DeployResult, SandboxInfo
+from agentloop.sandbox.factory import services_for_changes
 from agentloop.state import RunState
-
-
-def services_to_fork(config: LoopConfig, changed_files: list[str]) -> list[str]:
-    """Services whose `path` holds a changed file, plus the services that declare `depends_on` them."""
-    changed = {
-        name
-        for name, service in config.services.items()
-        for path in changed_files
-        if PurePosixPath(path).is_relative_to(PurePosixPath(service.path.strip("/") or "."))
-    }
-    dependents = {name for name, service in config.services.items() if changed & set(service.depends_on)}
-    return sorted(changed | dependents)
 
 
 def ensure_sandbox(state: RunState, ctx: RunContext) -> DeployResult:
     """Create or update the run's sandbox so it serves the worktree as it is now."""
     worktree = Path(state["worktree"])
     changed = current_attempt(state).get("changed_files") or []
-    wanted = services_to_fork(ctx.config, changed)
+    wanted = services_for_changes(ctx.config, changed)
     forks = {service: worktree for service in wanted}
     before = ctx.backend.get(ctx.run_id)
     try:
