@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from looptest import MakeRepo, create, git, replace, write_cassette
+from looptest import MakeRepo, bash, create, git, replace, write_cassette
 from test_graph import CALC_FILES, TEST_ADD, WEB_APP, WEB_TEST
 
 
@@ -21,13 +21,15 @@ def _start(repo: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_event(repo: Path, node: str, proc: subprocess.Popen[str], timeout: float = 90) -> str:
+def _wait_for_event(
+    repo: Path, node: str, proc: subprocess.Popen[str], timeout: float = 90, iteration: int = 1
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for events in (repo / ".loop" / "runs").glob("*/events.jsonl"):
             for line in events.read_text().splitlines():
                 event = json.loads(line)
-                if event["node"] == node and event["event"] == "start":
+                if event["node"] == node and event["event"] == "start" and event["iteration"] == iteration:
                     return events.parent.name
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.1)
@@ -102,3 +104,34 @@ def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRep
     resumed = _run(repo, "resume", run_id)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert backend.get(run_id) is None
+
+
+def test_sigkill_in_the_middle_of_a_second_edit_redoes_only_that_edit(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_repo(CALC_FILES, {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]})
+    hold = repo / ".git" / "hold"  # inside the git dir: visible (read-only) to the agent's confined shell
+    hold.write_text("")
+    cassette = write_cassette(tmp_path / "c.json", [
+        [TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a * b\n\n\ndef sub")],
+        # the second edit changes a file, then is killed while a command runs: half an edit on disk
+        [replace("calc.py", "return a * b", "return a + b"), bash(f"while [ -e {hold} ]; do sleep 0.1; done")],
+    ])
+    proc = _start(repo, "fix", "1", "--model", f"replay:{cassette}")
+    run_id = _wait_for_event(repo, "edit", proc, iteration=2)
+    worktree = repo / ".git" / "loop" / "worktrees" / run_id
+    deadline = time.monotonic() + 30
+    while "return a + b" not in (worktree / "calc.py").read_text():
+        assert time.monotonic() < deadline, "the second edit never reached the file"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    hold.unlink()
+
+    resumed = _run(repo, "resume", run_id)
+
+    # the replayed edit applied cleanly again (str_replace of `a * b`), so the half edit was rolled back first
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    branch = f"loop/1-{run_id}"
+    assert "return a + b" in git(repo, "show", f"{branch}:calc.py")
+    assert "def test_add" in git(repo, "show", f"{branch}:tests/test_add.py"), "the first edit was kept"
+    events = [json.loads(l) for l in (repo / ".loop" / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in events if e["node"] == "edit" and e["event"] == "end"] == [1, 2]

@@ -99,7 +99,7 @@ def fix(
     record.save_summary(
         RunSummary(
             id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
-            pid=os.getpid(), message=f"record cassette: {record_cassette}" if record_cassette else "",
+            pid=os.getpid(), record_cassette=str(record_cassette) if record_cassette else None,
         )
     )
     ctx = RunContext(
@@ -136,6 +136,7 @@ def resume(
     ctx = RunContext(
         repo=root, run_id=run_id, config=config, record=record, forge=forge or open_forge(root, config),
         model=summary.model, cancel=cancel or threading.Event(),
+        record_cassette=Path(summary.record_cassette) if summary.record_cassette else None,
     )
     ctx.progress = _tracking(record, progress)
     record.update_summary(status="running", pid=os.getpid(), ended_at=None, message="resumed")

@@ -42,6 +42,7 @@ class RunSummary(BaseModel):
     tokens: int = 0
     message: str = ""
     pid: int | None = None
+    record_cassette: str | None = None
 
     @property
     def duration(self) -> float:

@@ -76,6 +76,10 @@ class AgentCoder:
                               use_bwrap=self._use_bwrap)
         toolbox = ToolBox(shell, Editor(task.worktree, self.config.policy.output_limit),
                           sandbox_env=task.sandbox_env, secrets=self._secrets)
+        # A resumed run replays (or records) from the call where its last finished iteration ended.
+        seek = getattr(self.model, "seek", None)
+        if seek is not None:
+            seek(task.usage_so_far.calls)
         budget = _Budget(self.config, task.usage_so_far)
         usage = Usage()
         already = budget.spent(usage)

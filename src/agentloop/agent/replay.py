@@ -67,6 +67,10 @@ class ReplayModel:
         self.model = self._cassette.model
         self._next = 0
 
+    def seek(self, position: int) -> None:
+        """Continue from response `position` (the model calls a resumed run has already made)."""
+        self._next = max(0, position)
+
     def create(self, request: dict[str, Any]) -> dict[str, Any]:
         if self._next >= len(self._cassette.responses):
             raise ModelError(
@@ -85,8 +89,17 @@ class RecordingModel:
         self._inner = inner
         self.path = path
         self.model = inner.model
-        self._cassette = Cassette(model=inner.model, responses=[])
+        # Appending to an existing cassette lets a resumed run keep what it recorded before it stopped.
+        self._cassette = load_cassette(path) if path.is_file() else Cassette(model=inner.model, responses=[])
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def seek(self, position: int) -> None:
+        """Forget responses past `position`: they belong to an interrupted edit that is being redone."""
+        inner_seek = getattr(self._inner, "seek", None)
+        if inner_seek is not None:
+            inner_seek(position)
+        del self._cassette.responses[position:]
         self._write()
 
     def create(self, request: dict[str, Any]) -> dict[str, Any]:
