@@ -18,6 +18,14 @@ to the baseline. Bodies are streamed both ways; upstream connections are pooled 
 request appends one JSON line (time, sandbox, service, method, path, target, url, status, latency_ms)
 to ``<requests-dir>/<route key>.jsonl`` (``_baseline.jsonl`` for requests without a known key).
 
+Environment mode (the `routing: proxy` Deployment on Kubernetes, started with no `--registry`): one
+service, routes fixed at start from the environment -- LOOP_ROUTER_ROUTES (JSON: route key -> fork URL),
+LOOP_ROUTER_DEFAULT (the baseline URL for requests without a known key), LOOP_ROUTE_HEADER (the project's
+header), LOOP_ROUTE_KEY_ENTRY (the baggage/tracestate entry name, default `sd-routing-key`), listening on
+PORT (default 8080; 0 picks a free one) at LOOP_ROUTER_HOST (default 0.0.0.0). A changed route set is a
+new pod spec, so Kubernetes rolls the router instead of the router watching anything. Request records go
+to stderr as JSON lines, where `kubectl logs` finds them.
+
 aiohttp is used for both the server and the client: one well-kept library with a C HTTP parser,
 streaming and keep-alive pooling, which keeps the added latency well under a millisecond.
 """
@@ -33,9 +41,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -54,18 +63,39 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-def route_key_of(headers: CIMultiDictProxy[str], cookies: dict[str, str], route_header: str) -> str | None:
+_ENV_ROUTES = "LOOP_ROUTER_ROUTES"
+_ENV_DEFAULT = "LOOP_ROUTER_DEFAULT"
+_ENV_HEADER = "LOOP_ROUTE_HEADER"
+_ENV_ENTRY = "LOOP_ROUTE_KEY_ENTRY"
+_ENV_SERVICE = "LOOP_ROUTER_SERVICE"
+_ENV_HOST = "LOOP_ROUTER_HOST"
+_DEFAULT_PORT = 8080  # the containerPort of the proxy Deployment (k8s_routing.ROUTER_PORT)
+
+
+def route_key_of(headers: CIMultiDictProxy[str], cookies: dict[str, str], route_header: str,
+                 entry: str = SIGNADOT_KEY) -> str | None:
     """The route key a request carries, if any (baggage, tracestate, project header, preview cookie)."""
     for name in ("baggage", "tracestate"):
         for value in headers.getall(name, ()):
             for member in value.split(","):
                 key, _, rest = member.partition("=")
-                if key.strip() == SIGNADOT_KEY:
+                if key.strip() == entry:
                     return rest.split(";", 1)[0].strip() or None
     own = headers.get(route_header)
     if own:
         return own.strip()
     return cookies.get(COOKIE) or None
+
+
+class Routes(Protocol):
+    """Where the router sends a request: from the registry file (local) or the environment (Kubernetes)."""
+
+    @property
+    def sandboxes(self) -> Mapping[str, tuple[str, dict[str, str]]]: ...
+
+    def refresh(self) -> bool: ...
+
+    def resolve(self, service: str, key: str | None) -> tuple[str | None, str | None, str]: ...
 
 
 class RoutingTable:
@@ -105,11 +135,31 @@ class RoutingTable:
         return (sandbox[0] if sandbox else None), self.baseline.get(service), "baseline"
 
 
+class FixedRoutes:
+    """Routes given once, at start (environment mode): every known key goes to its fork, the rest to
+    the default."""
+
+    def __init__(self, routes: Mapping[str, str], default: str) -> None:
+        self.sandboxes = {key: (key, {"*": url.rstrip("/")}) for key, url in routes.items()}
+        self._default = default.rstrip("/")
+
+    def refresh(self) -> bool:
+        return False
+
+    def resolve(self, service: str, key: str | None) -> tuple[str | None, str | None, str]:
+        sandbox = self.sandboxes.get(key) if key else None
+        if sandbox is not None:
+            return sandbox[0], sandbox[1]["*"], "fork"
+        return None, self._default, "baseline"
+
+
 class Router:
-    def __init__(self, registry: Path, requests_dir: Path, route_header: str) -> None:
-        self.table = RoutingTable(registry)
+    def __init__(self, table: Routes, requests_dir: Path | None, route_header: str,
+                 route_key_entry: str = SIGNADOT_KEY) -> None:
+        self.table = table
         self._requests_dir = requests_dir
         self._route_header = route_header
+        self._route_key_entry = route_key_entry
         self._logs: dict[str, IO[str]] = {}
         self._session: ClientSession | None = None
 
@@ -158,7 +208,7 @@ class Router:
         started = time.perf_counter()
         if self.table.refresh():
             self._close_stale_logs()
-        key = route_key_of(request.headers, dict(request.cookies), self._route_header)
+        key = route_key_of(request.headers, dict(request.cookies), self._route_header, self._route_key_entry)
         sandbox, upstream_url, target = self.table.resolve(service, key)
         status = 502
         try:
@@ -208,6 +258,9 @@ class Router:
             "target": target, "url": url, "status": status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+        if self._requests_dir is None:
+            log.info("request %s", json.dumps(entry))
+            return
         # Keyed by route key, not name: a removed sandbox's log is deleted and a new sandbox of the same
         # name gets a new key, so this process never appends to a stale, unlinked file.
         name = key or BASELINE_LOG
@@ -245,21 +298,50 @@ class _IsoFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
 
 
+def _from_environment(env: Mapping[str, str]) -> tuple[Router, dict[str, socket.socket]]:
+    """The router and its one listening socket as the environment describes them (environment mode)."""
+    default = env.get(_ENV_DEFAULT, "").strip()
+    if not default.startswith(("http://", "https://")):
+        raise SystemExit(f"router: {_ENV_DEFAULT}={default!r}: set it to the baseline's URL, e.g. "
+                         "http://reviews-loop-baseline.default.svc.cluster.local:9080")
+    try:
+        routes = json.loads(env.get(_ENV_ROUTES) or "{}")
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"router: {_ENV_ROUTES} is not JSON ({exc}); give an object of route key -> URL") from None
+    if not isinstance(routes, dict) or not all(isinstance(v, str) for v in routes.values()):
+        raise SystemExit(f"router: {_ENV_ROUTES} must be a JSON object of route key -> fork URL")
+    port_text = env.get("PORT") or str(_DEFAULT_PORT)
+    if not port_text.isdigit():
+        raise SystemExit(f"router: PORT={port_text!r}: give a port number (0 picks a free one)")
+    sock = socket.create_server((env.get(_ENV_HOST) or "0.0.0.0", int(port_text)))
+    router = Router(FixedRoutes(routes, default), None, env.get(_ENV_HEADER) or "x-loop-route",
+                    env.get(_ENV_ENTRY) or SIGNADOT_KEY)
+    log.info("routes: %d route key(s), default %s", len(routes), default)
+    return router, {env.get(_ENV_SERVICE) or "service": sock}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agentloop.sandbox.router")
-    parser.add_argument("--registry", required=True, type=Path)
-    parser.add_argument("--requests", required=True, type=Path, help="Directory of request logs.")
+    parser = argparse.ArgumentParser(prog="python -m agentloop.sandbox.router",
+                                     description="Without --registry: environment mode (see the module docstring).")
+    parser.add_argument("--registry", type=Path, help="The local backend's registry file (the routing table).")
+    parser.add_argument("--requests", type=Path, help="Directory of request logs.")
     parser.add_argument("--route-header", default="x-loop-route")
     parser.add_argument("--listen", action="append", default=[], help="SERVICE=FD of a listening socket.")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_IsoFormatter("%(asctime)s router %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    listen: dict[str, socket.socket] = {}
-    for item in args.listen:
-        service, _, fd = item.partition("=")
-        listen[service] = socket.socket(fileno=int(fd))
-    asyncio.run(_serve(Router(args.registry, args.requests, args.route_header), listen))
+    if args.registry is None:
+        router, listen = _from_environment(os.environ)
+    else:
+        if args.requests is None:
+            parser.error("--requests is required with --registry")
+        listen = {}
+        for item in args.listen:
+            service, _, fd = item.partition("=")
+            listen[service] = socket.socket(fileno=int(fd))
+        router = Router(RoutingTable(args.registry), args.requests, args.route_header)
+    asyncio.run(_serve(router, listen))
     return 0
 
 
