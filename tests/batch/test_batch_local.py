@@ -1,0 +1,147 @@
+"""`loop batch` with the local executor, end to end: real `loop` processes, real git worktrees, real
+service forks behind the real router, the replay model reading one cassette per issue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from batchtest import batch_record, loop, make_system, start_loop, wait_until, web_test
+from looptest import MakeRepo, create, git, replace, write_cassette
+
+
+def _pulls(repo: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in sorted((repo / ".git" / "loop" / "pulls").glob("*.json"))]
+
+
+def _backend(repo: Path):  # type: ignore[no-untyped-def]
+    from agentloop.config import load_config
+    from agentloop.sandbox.factory import open_backend
+
+    return open_backend(repo, load_config(repo))
+
+
+def test_three_issues_in_parallel_publish_three_pull_requests_on_one_baseline(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye", 3: "/ping should say pong"})
+    barrier = tmp_path / "barrier"
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    # runs 1 and 2 fork the same service with different changes; each must see only its own
+    write_cassette(cassettes / "1.json", [[
+        create("tests/test_hello.py", web_test("test_hello", {"/hello": "hello", "/bye": "bye?"}, barrier, 2)),
+        replace("web/app.py", 'b"hi"', 'b"hello"')]])
+    write_cassette(cassettes / "2.json", [[
+        create("tests/test_bye.py", web_test("test_bye", {"/hello": "hi", "/bye": "goodbye"}, barrier, 2)),
+        replace("web/app.py", 'b"bye?"', 'b"goodbye"')]])
+    write_cassette(cassettes / "3.json", [[
+        create("tests/test_ping.py", web_test("test_ping", {"/ping": "pong"})),
+        replace("web/app.py", 'b"ping?"', 'b"pong"')]])
+
+    done = loop(repo, "batch", "1", "2", "3", "--parallel", "3", "--model", f"replay:{cassettes}/{{issue}}.json")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = batch_record(repo)
+    totals = record["totals"]
+    assert (totals["resolved"], totals["failed"]) == (3, 0)
+    assert len(totals["pull_requests"]) == 3 and set(totals["pull_requests"]) == {p["url"] for p in _pulls(repo)}
+    assert totals["cost_usd"] > 0
+    assert totals["run_seconds"] == round(sum(item["duration"] for item in record["items"]), 2)
+    assert totals["speedup"] == round(totals["run_seconds"] / totals["wall_seconds"], 2)
+    assert totals["speedup"] > 1, "three runs at once take less wall time than their sum"
+    assert "3 resolved, 0 failed" in done.stderr
+    # one baseline for the whole batch: started once by the batch, never by a run, and stopped at the end
+    for item in record["items"]:
+        events = (repo / ".loop" / "runs" / item["run_id"] / "events.jsonl").read_text()
+        assert '"outcome": "started"' not in events
+    assert _backend(repo).baseline_status()["up"] is False, "the batch stops the baseline it started"
+    # each branch carries its own change only
+    by_issue = {item["issue"]: item["run_id"] for item in record["items"]}
+    app1 = git(repo, "show", f"loop/1-{by_issue['1']}:web/app.py")
+    app2 = git(repo, "show", f"loop/2-{by_issue['2']}:web/app.py")
+    assert 'b"hello"' in app1 and 'b"bye?"' in app1
+    assert 'b"goodbye"' in app2 and 'b"hi"' in app2
+    # two forks of the same service, both up while the other run's test ran (the barrier), each passing
+    forks = [json.loads((repo / ".loop" / "runs" / by_issue[n] / "evidence.json").read_text())["sandbox"] for n in "12"]
+    assert forks[0]["route_key"] != forks[1]["route_key"]
+    assert forks[0]["forks"]["web"]["url"] != forks[1]["forks"]["web"]["url"]
+    assert len(os.listdir(barrier)) == 2
+    assert _backend(repo).list() == []
+
+
+CALC = {"calc.py": "def add(a, b):\n    return a - b\n", "tests/__init__.py": "",
+        ".loop/issues/1.md": "# add() subtracts\n", ".loop/issues/2.md": "# add() subtracts, again\n"}
+CALC_FIX = [create("tests/test_add.py", "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"),
+            replace("calc.py", "a - b", "a + b")]
+
+
+def test_a_crashing_run_does_not_stop_the_others(make_repo: MakeRepo, tmp_path: Path) -> None:
+    repo = make_repo(CALC, {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]})
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    (cassettes / "1.json").write_text("{not json")
+    write_cassette(cassettes / "2.json", [CALC_FIX])
+
+    done = loop(repo, "batch", "1", "2", "--model", f"replay:{cassettes}/{{issue}}.json")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    record = batch_record(repo)
+    statuses = {item["issue"]: item["status"] for item in record["items"]}
+    assert statuses == {"1": "error", "2": "published"}
+    assert (record["totals"]["resolved"], record["totals"]["failed"]) == (1, 1)
+    assert record["totals"]["pull_requests"] == [p["url"] for p in _pulls(repo)]
+    assert "1 resolved, 1 failed" in done.stderr
+    crashed = next(item for item in record["items"] if item["issue"] == "1")
+    assert "cassette" in (repo / ".loop" / "runs" / f"batch-{record['id']}" / f"{crashed['run_id']}.log").read_text()
+
+
+def _validating(repo: Path) -> set[str]:
+    started = set()
+    for events in (repo / ".loop" / "runs").glob("*/events.jsonl"):
+        if any(json.loads(line)["node"] == "validate" for line in events.read_text().splitlines()):
+            started.add(events.parent.name)
+    return started
+
+
+def test_ctrl_c_stops_every_run_cleanly_and_resume_finishes_the_batch(make_repo: MakeRepo, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"})
+    (repo / "tests" / "conftest.py").write_text(f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a suite that waits while the test holds it")
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    write_cassette(cassettes / "1.json", [[create("tests/test_hello.py", web_test("test_hello", {"/hello": "hello"})),
+                                           replace("web/app.py", 'b"hi"', 'b"hello"')]])
+    write_cassette(cassettes / "2.json", [[create("tests/test_bye.py", web_test("test_bye", {"/bye": "goodbye"})),
+                                           replace("web/app.py", 'b"bye?"', 'b"goodbye"')]])
+    proc = start_loop(repo, "batch", "1", "2", "--model", f"replay:{cassettes}/{{issue}}.json")
+    try:
+        wait_until(lambda: len(_validating(repo)) == 2, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    hold.unlink()
+
+    assert proc.returncode == 130, output
+    record = batch_record(repo)
+    assert record["status"] == "interrupted"
+    assert f"loop batch --resume {record['id']}" in output
+    for item in record["items"]:
+        assert item["status"] == "interrupted"
+        summary = json.loads((repo / ".loop" / "runs" / item["run_id"] / "run.json").read_text())
+        assert summary["status"] == "interrupted"
+    assert _backend(repo).list() == [], "every sandbox is removed"
+
+    resumed = loop(repo, "batch", "--resume", record["id"])
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    record = batch_record(repo)
+    assert record["status"] == "done"
+    assert [item["status"] for item in record["items"]] == ["published", "published"]
+    assert len(_pulls(repo)) == 2 and record["totals"]["resolved"] == 2
+    assert _backend(repo).list() == []
