@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +28,7 @@ from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
 from agentloop.paths import repo_root, runs_dir
 from agentloop.records import Issue, PullRequest, Usage
+from agentloop.runstore import database_url, postgres_checkpointer
 from agentloop.runs import RunRecord, RunSummary, new_run_id, open_run
 from agentloop.state import RunState, RunStatus
 
@@ -155,7 +157,12 @@ def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue
 
 
 @contextmanager
-def _checkpointer(record: RunRecord) -> Iterator[SqliteSaver]:
+def _checkpointer(record: RunRecord) -> Iterator[BaseCheckpointSaver[Any]]:
+    url = database_url()
+    if url:  # shared checkpoints: a run started in a Kubernetes Job resumes anywhere
+        with postgres_checkpointer(url) as saver:
+            yield saver
+        return
     conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
     try:
         yield SqliteSaver(conn)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agentloop.errors import RunNotFound
+from agentloop.runstore import RunStore, open_store
 from agentloop.state import RunStatus
 
 CHECKPOINTS = "checkpoints.sqlite"
@@ -52,10 +53,12 @@ class RunSummary(BaseModel):
 class RunRecord:
     """One run's folder. Appends events; keeps run.json current."""
 
-    def __init__(self, root: Path, run_id: str):
+    def __init__(self, root: Path, run_id: str, store: RunStore | None = None):
         self.run_id = run_id
         self.dir = root / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
+        # with LOOP_DATABASE_URL the summary and events are mirrored to Postgres, seen from anywhere
+        self.store = store or open_store()
 
     @property
     def checkpoints(self) -> Path:
@@ -80,11 +83,13 @@ class RunRecord:
         line = {"time": time.time(), "node": node, "event": event, **fields}
         with (self.dir / "events.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
+        if self.store is not None:
+            self.store.add_event(self.run_id, line)
 
     def events(self) -> list[dict[str, Any]]:
         path = self.dir / "events.jsonl"
         if not path.exists():
-            return []
+            return self.store.events(self.run_id) if self.store is not None else []
         lines = path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
@@ -96,6 +101,8 @@ class RunRecord:
 
     def summary(self) -> RunSummary:
         path = self.dir / "run.json"
+        if not path.exists() and self.store is not None and (shared := self.store.summary(self.run_id)):
+            return RunSummary.model_validate(shared)
         if not path.exists():
             raise RunNotFound(f"run {self.run_id}: no run.json in {self.dir}")
         return RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
@@ -104,6 +111,8 @@ class RunRecord:
         tmp = self.dir / "run.json.tmp"
         tmp.write_text(summary.model_dump_json(indent=2), encoding="utf-8")
         os.replace(tmp, self.dir / "run.json")
+        if self.store is not None:
+            self.store.save_summary(summary.model_dump(mode="json"))
 
     def update_summary(self, **fields: Any) -> RunSummary:
         summary = self.summary().model_copy(update=fields)
@@ -112,12 +121,17 @@ class RunRecord:
 
 
 def open_run(root: Path, run_id: str) -> RunRecord:
-    if not run_id or "/" in run_id or not (root / run_id / "run.json").exists():
+    store = open_store()
+    known = (root / run_id / "run.json").exists() or (store is not None and store.summary(run_id) is not None)
+    if not run_id or "/" in run_id or not known:
         raise RunNotFound(f"unknown run {run_id!r} in {root}; `loop runs` lists the runs")
-    return RunRecord(root, run_id)
+    return RunRecord(root, run_id, store)
 
 
 def list_runs(root: Path) -> list[RunSummary]:
+    store = open_store()
+    if store is not None:  # the shared database holds every run, this machine's included
+        return [RunSummary.model_validate(summary) for summary in store.summaries()]
     summaries = []
     if root.exists():
         for path in root.glob("*/run.json"):

@@ -11,9 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from agentloop.runs import RunRecord
+from agentloop.runstore import database_url, postgres_checkpointer
 
 
 def _state(record: RunRecord) -> dict[str, Any]:
+    url = database_url()
+    if url:  # the run may have been checkpointed on another machine (a Kubernetes Job)
+        with postgres_checkpointer(url) as saver:
+            shared = saver.get_tuple({"configurable": {"thread_id": record.run_id}})
+        return dict(shared.checkpoint["channel_values"]) if shared else {}
     if not record.checkpoints.exists():
         return {}
     conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
