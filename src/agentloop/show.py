@@ -9,6 +9,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agentloop.runs import RunRecord
 from agentloop.runstore import database_url, postgres_checkpointer
@@ -57,6 +58,7 @@ def run_details(record: RunRecord) -> dict[str, Any]:
             "verdict": {"passed": verdict.get("passed"), "reasons": verdict.get("reasons", []),
                         "results": [_suite_line(r) for r in verdict.get("results", [])]} if verdict else None,
             "diagnosis": (attempt.get("diagnosis") or {}).get("summary"),
+            "log_excerpts": (attempt.get("diagnosis") or {}).get("excerpts") or {},
         })
     return {
         "run": summary.model_dump(mode="json") | {"duration": round(summary.duration, 1)},
@@ -98,5 +100,8 @@ def render_details(details: dict[str, Any], console: Console) -> None:
             console.print(("[green]passed[/green]" if it["verdict"]["passed"] else "[red]failed[/red]") + ": "
                           + "; ".join(it["verdict"]["reasons"]))
         if it["diagnosis"]:
-            console.print(f"[dim]{it['diagnosis'][:600]}[/dim]")
+            console.print(Text(it["diagnosis"][:600], style="dim"))
+        for service, text in it["log_excerpts"].items():
+            console.print(Text(f"{service} log:", style="bold"))
+            console.print(Text("\n".join(text.splitlines()[:8]), style="dim"))
     console.print(f"record: {details['record']}")

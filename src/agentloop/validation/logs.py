@@ -32,18 +32,24 @@ def diagnose(
     limit_chars: int = 8000,
 ) -> Diagnosis:
     """What failed (`summary`) and a log excerpt per service involved; writes `out_dir/diagnosis.md`."""
-    secrets = [sandbox.route_key] if sandbox is not None else []
+    # The route key is no secret (the PR body shows it) and it is what ties baseline log lines to this run.
+    secrets: list[str] = []
     raw: dict[str, str] = {}
     if deploy is not None and not deploy.ok:
         raw[deploy.service or "deploy"] = deploy.log_tail
     if backend is not None and sandbox is not None:
-        for service in sandbox.forks:
+        baseline_services = [s for s in sandbox.service_urls if s not in sandbox.forks]
+        for service in [*sandbox.forks, *baseline_services]:
             if service in raw:
                 continue
             try:
-                raw[service] = backend.logs(sandbox.name, service, since=since, until=until)
+                text = backend.logs(sandbox.name, service, since=since, until=until)
             except LoopError as exc:  # the sandbox may be gone (gc, Ctrl-C); say so instead of failing
-                raw[service] = f"(logs unavailable: {exc})"
+                text = f"(logs unavailable: {exc})"
+            if service in sandbox.forks:
+                raw[service] = text
+            else:
+                raw[f"{service} (baseline)"] = _lines_of_this_sandbox(text, sandbox.route_key)
     per_service = max(500, limit_chars // max(1, len(raw)))
     excerpts = {
         service: redact(excerpt(text, per_service), extra=secrets) for service, text in raw.items() if text.strip()
@@ -53,6 +59,15 @@ def diagnose(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diagnosis.md").write_text(render_markdown(diagnosis), encoding="utf-8")
     return diagnosis
+
+
+def _lines_of_this_sandbox(text: str, route_key: str) -> str:
+    """A shared baseline's log narrowed to the lines that carry this sandbox's route key, and the
+    warnings, errors and tracebacks of the window (other runs' may be among them: the log is shared)."""
+    return "\n".join(
+        line for line in text.splitlines()
+        if route_key in line or _ERROR_LINE.search(line) or line.startswith((" ", "\t", _TRACEBACK_START))
+    )
 
 
 def excerpt(text: str, limit: int) -> str:
