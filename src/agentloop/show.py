@@ -97,10 +97,13 @@ def render_details(details: dict[str, Any], console: Console) -> None:
                 table.add_row(res["name"], str(c["passed"]), str(c["failed"] + c["error"]), str(c["skipped"]),
                               str(c["flaky"]), ", ".join(res["failed"])[:80] or (res["error"] or ""))
             console.print(table)
-            console.print(("[green]passed[/green]" if it["verdict"]["passed"] else "[red]failed[/red]") + ": "
-                          + "; ".join(it["verdict"]["reasons"]))
+            colour = "green" if it["verdict"]["passed"] else "red"
+            for reason in it["verdict"]["reasons"]:
+                console.print(Text(f"· {reason}", style=colour))
         if it["diagnosis"]:
-            console.print(Text(it["diagnosis"][:600], style="dim"))
+            # the verdict's own lines were printed above; show what failed and how
+            failures = [line for line in it["diagnosis"].splitlines() if not line.startswith("Verdict:")]
+            console.print(Text("\n".join(failures)[:600], style="dim"))
         for service, text in it["log_excerpts"].items():
             console.print(Text(f"{service} log:", style="bold"))
             console.print(Text("\n".join(text.splitlines()[:8]), style="dim"))

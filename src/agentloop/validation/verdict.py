@@ -32,16 +32,20 @@ def decide(results: Sequence[SuiteResult], outcome: Outcome, *, require: Literal
         blocking.append(f"regressed (pass on the baseline, fail in the sandbox): {_names(comparison.regressions)}")
     if outcome.uncompared:
         blocking.append(f"fail in the sandbox and could not be run on the baseline: {_names(outcome.uncompared)}")
-    if outcome.own_failures:
-        blocking.append(f"tests the change added or modified fail: {_names(outcome.own_failures)}")
-    if comparison.preexisting:
-        notes.append(f"already failing on the baseline (not caused by this change): {_names(comparison.preexisting)}")
+    own = set(outcome.own_failures)
+    if own:
+        blocking.append(f"tests the change added or modified fail in the sandbox: {_names(outcome.own_failures)}")
+    # the change's own failing tests are not "pre-existing": they are the reproduction, not yet fixed
+    preexisting = [name for name in comparison.preexisting if name not in own]
+    if preexisting:
+        notes.append(f"already failing on the baseline (not caused by this change): {_names(preexisting)}")
     if comparison.flaky:
         unproven.append(f"flaky (failed, then passed on a rerun): {_names(comparison.flaky)}")
     proven = bool(comparison.fixed)
     if proven:
         notes.insert(0, f"proven: fail on the baseline, pass in the sandbox: {_names(comparison.fixed)}")
     not_proven = (
+        "not proven yet: the change's own tests still fail in the sandbox" if own else
         "not proven: no test or plan step fails on the baseline and passes in the sandbox; "
         "add a test that reproduces the issue"
     )
