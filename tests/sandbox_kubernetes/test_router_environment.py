@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import selectors
 import subprocess
 import sys
 import threading
@@ -54,21 +54,29 @@ class _RouterProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "agentloop.sandbox.router"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
+        # A thread drains stderr line by line: select() on the pipe misses lines already buffered.
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._queue.put(line)
+        self._queue.put(None)
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """Read the router's stderr until a line matches (bounded), returning the match."""
-        assert self.proc.stderr is not None
         for line in self.lines:
             if found := re.search(pattern, line):
                 return found
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stderr, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
                 break
-            line = self.proc.stderr.readline()
-            if not line:
+            if line is None:
                 break
             self.lines.append(line)
             if found := re.search(pattern, line):
@@ -82,6 +90,7 @@ class _RouterProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(timeout=5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
@@ -139,7 +148,7 @@ def test_the_baggage_entry_name_comes_from_the_environment(
 def test_a_bad_environment_is_one_clear_error() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOP_")}
     env.update({"PORT": "0", "LOOP_ROUTER_DEFAULT": "http://127.0.0.1:1", "LOOP_ROUTER_ROUTES": "{not json"})
-    done = subprocess.run([sys.executable, "-m", "agentloop.sandbox.router"], env=env, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-m", "agentloop.sandbox.router"], check=False, env=env,
+                          capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "LOOP_ROUTER_ROUTES is not JSON" in done.stderr and "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 Sandboxes and baselines made here belong to no process: they live until `rm`, `baseline down` or
 their TTL (`gc`). Errors print one line, `error: ...`, to stderr and exit with code 2.
+`--backend` on every command overrides `loop.yaml`'s `sandbox.backend` for that command.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agentloop import paths
-from agentloop.config import load_config
+from agentloop.commands import sandbox_dry_run as dry
+from agentloop.config import LoopConfig, load_config
 from agentloop.errors import LoopError
 from agentloop.records import SandboxInfo
 from agentloop.sandbox.base import SandboxBackend
@@ -33,6 +35,9 @@ app.add_typer(baseline_app, name="baseline")
 
 Repo = Annotated[Path, typer.Option("--repo", help="The target repository (default: the current directory).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+BackendName = Annotated[str | None, typer.Option(
+    "--backend", help="local or kubernetes; overrides loop.yaml's sandbox.backend.")]
+_BACKENDS = ("local", "kubernetes")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -46,9 +51,19 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _open(repo: Path) -> SandboxBackend:
+def _config(repo: Path, backend: str | None) -> tuple[Path, LoopConfig]:
     root = paths.repo_root(repo)
-    backend = open_backend(root, load_config(root))
+    config = load_config(root)
+    if backend is not None:
+        if backend not in _BACKENDS:
+            raise LoopError(f"--backend {backend!r}: use one of {', '.join(_BACKENDS)}")
+        config = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"backend": backend})})
+    return root, config
+
+
+def _open(repo: Path, backend_name: str | None = None) -> SandboxBackend:
+    root, config = _config(repo, backend_name)
+    backend = open_backend(root, config)
     if isinstance(backend, LocalSandboxBackend):
         backend.owner_pid = None  # outlives this command; see the module docstring
     return backend
@@ -97,28 +112,28 @@ def _print_sandboxes(sandboxes: list[SandboxInfo], as_json: bool) -> None:
 
 
 @baseline_app.command("up")
-def baseline_up(repo: Repo = Path(".")) -> None:
+def baseline_up(repo: Repo = Path("."), backend_name: BackendName = None) -> None:
     """Start every service from the base branch, with the router, unless it is already up."""
     with _errors():
-        backend = _open(repo)
+        backend = _open(repo, backend_name)
         started = backend.baseline_up()
         typer.echo("baseline started" if started else "baseline already up")
         _print_status(backend.baseline_status(), False)
 
 
 @baseline_app.command("down")
-def baseline_down(repo: Repo = Path(".")) -> None:
+def baseline_down(repo: Repo = Path("."), backend_name: BackendName = None) -> None:
     """Stop the baseline, its router and every sandbox on it."""
     with _errors():
-        _open(repo).baseline_down()
+        _open(repo, backend_name).baseline_down()
         typer.echo("baseline down")
 
 
 @baseline_app.command("status")
-def baseline_status(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+def baseline_status(repo: Repo = Path("."), as_json: AsJson = False, backend_name: BackendName = None) -> None:
     """Whether the baseline is up, and each service's stable address."""
     with _errors():
-        _print_status(_open(repo).baseline_status(), as_json)
+        _print_status(_open(repo, backend_name).baseline_status(), as_json)
 
 
 def _print_status(status: dict[str, Any], as_json: bool) -> None:
@@ -142,21 +157,46 @@ def create(
     fork: Annotated[list[str], typer.Option("--fork", help="SERVICE or SERVICE=PATH (a worktree); repeatable.")],
     repo: Repo = Path("."),
     as_json: AsJson = False,
+    backend_name: BackendName = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what would be applied (kubernetes) or started (local); change nothing.")] = False,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="yaml or json.")] = None,
 ) -> None:
     """Create sandbox NAME forking the given services; everything else is served by the baseline."""
     with _errors():
-        backend = _open(repo)
+        chosen = dry.check_format(output) if output is not None else None
         forks = _parse_forks(fork, repo)
+        if dry_run:
+            typer.echo(_dry_run(repo, backend_name, name, forks, chosen or "yaml"), nl=False)
+            return
+        backend = _open(repo, backend_name)
         if backend.baseline_up():
             typer.echo("baseline started", err=True)
-        _print_sandboxes([backend.create(name, forks)], as_json)
+        info = backend.create(name, forks)
+        if chosen == "yaml":
+            typer.echo(dry.render([info.model_dump(mode="json")], "yaml"), nl=False)
+        else:
+            _print_sandboxes([info], as_json or chosen == "json")
+
+
+def _dry_run(repo: Path, backend_name: str | None, name: str, forks: dict[str, Path],
+             output: dry.OutputFormat) -> str:
+    root, config = _config(repo, backend_name)
+    backend = open_backend(root, config)
+    if isinstance(backend, LocalSandboxBackend):
+        up = bool(backend.baseline_status().get("up"))
+        return dry.render([dry.local_plan(config, name, forks, baseline_up=up)], output)
+    plan = getattr(backend, "plan", None)
+    if plan is None:
+        raise LoopError(f"--dry-run: the {config.sandbox.backend} backend cannot plan; use --backend kubernetes")
+    return dry.render(dry.masked_objects(plan(name, forks)), output)
 
 
 @app.command("ls")
-def list_sandboxes(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+def list_sandboxes(repo: Repo = Path("."), as_json: AsJson = False, backend_name: BackendName = None) -> None:
     """List the sandboxes."""
     with _errors():
-        _print_sandboxes(_open(repo).list(), as_json)
+        _print_sandboxes(_open(repo, backend_name).list(), as_json)
 
 
 @app.command("logs")
@@ -166,18 +206,19 @@ def logs(
     repo: Repo = Path("."),
     since: Annotated[str | None, typer.Option(help="ISO time, epoch seconds or an age (30s, 10m, 2h).")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, epoch seconds or an age (30s, 10m, 2h).")] = None,
+    backend_name: BackendName = None,
 ) -> None:
     """A service's log in sandbox NAME (`baseline` for the baseline; SERVICE `router` for the router)."""
     with _errors():
-        text = _open(repo).logs(name, service, since=_parse_time("--since", since), until=_parse_time("--until", until))
+        text = _open(repo, backend_name).logs(name, service, since=_parse_time("--since", since), until=_parse_time("--until", until))
         typer.echo(text, nl=False)
 
 
 @app.command("rm")
-def remove(name: str, repo: Repo = Path(".")) -> None:
+def remove(name: str, repo: Repo = Path("."), backend_name: BackendName = None) -> None:
     """Remove sandbox NAME and stop its forks."""
     with _errors():
-        backend = _open(repo)
+        backend = _open(repo, backend_name)
         if backend.get(name) is None:
             raise LoopError(f"no sandbox named {name!r}; see `loop sandbox ls`")
         backend.remove(name)
@@ -185,10 +226,10 @@ def remove(name: str, repo: Repo = Path(".")) -> None:
 
 
 @app.command("gc")
-def gc(repo: Repo = Path("."), as_json: AsJson = False) -> None:
+def gc(repo: Repo = Path("."), as_json: AsJson = False, backend_name: BackendName = None) -> None:
     """Remove expired sandboxes and whatever a killed `loop` left behind."""
     with _errors():
-        removed = _open(repo).gc()
+        removed = _open(repo, backend_name).gc()
         if as_json:
             typer.echo(json.dumps(removed))
         else:
