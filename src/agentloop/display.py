@@ -32,6 +32,7 @@ class LiveDisplay:
         self._status: Status | None = None
         self._node = ""
         self._iteration = 0
+        self._link: str | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -40,7 +41,8 @@ class LiveDisplay:
         elif kind == "usage":
             self.cost, self.tokens = float(event["cost_usd"]), int(event["tokens"])
             self._refresh()
-        elif kind == "sandbox" and event.get("link"):
+        elif kind == "sandbox" and event.get("link") and event["link"] != self._link:
+            self._link = event["link"]
             self._line(f"[dim]sandbox {event['sandbox']}  preview: {event['link']}[/dim]")
         elif kind == "verdict":
             colour = "green" if event["passed"] else "red"

@@ -37,10 +37,17 @@ PRICES: list[tuple[str, Price]] = [
     ("claude-3-haiku", Price(0.25, 1.25)),
 ]
 MOST_EXPENSIVE = max((price for _, price in PRICES), key=lambda p: p.output)
+# A hand-written cassette ("scripted", like the demo's) is priced as the default model would be, so
+# its runs show the cost the same work would have with a real model, and budgets behave the same.
+SCRIPTED = "scripted"
 
 
 def price_for(model: str) -> Price | None:
     """The known price of `model`, or None when no family matches."""
+    if model == SCRIPTED:
+        from agentloop.config import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
     for prefix, price in PRICES:
         if model.startswith(prefix):
             return price
