@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from agentloop.sandbox.k8s_routing import proxy_objects
+
 KEY = "a1b2c3d4e5f60718"
 
 
@@ -152,3 +154,22 @@ def test_a_bad_environment_is_one_clear_error() -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "LOOP_ROUTER_ROUTES is not JSON" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_proxy_deployment_runs_a_router_that_reads_its_own_environment(
+        upstreams: dict[str, str], start_router: Callable[[dict[str, str]], tuple[_RouterProcess, str]]) -> None:
+    # The Deployment `routing: proxy` applies, run as its container would run (command and env as
+    # written); only the cluster DNS name of the baseline and the listening address are made loopback.
+    base_service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews"},
+                    "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080}]}}
+    deployment = proxy_objects(base_service=base_service, namespace="default", router_image="registry.local/loop:1",
+                               router_command=["python", "-m", "agentloop.sandbox.router"],
+                               route_header="x-team-route", routes={KEY: upstreams["fork"]})[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][1:] == ["-m", "agentloop.sandbox.router"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    env.update(LOOP_ROUTER_DEFAULT=upstreams["baseline"], PORT="0")
+    _, url = start_router(env)
+    assert httpx.get(url, headers={"baggage": f"sd-routing-key={KEY}"}, timeout=10).json()["server"] == "fork"
+    assert httpx.get(url, headers={"x-team-route": KEY}, timeout=10).json()["server"] == "fork"
+    assert httpx.get(url, timeout=10).json()["server"] == "baseline"

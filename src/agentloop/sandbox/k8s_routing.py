@@ -3,7 +3,9 @@
 The local backend's router runs as a Deployment in front of the service: the baseline Service's
 selector is pointed at the router's pods (its original selector is kept in an annotation and on a
 `<service>-loop-baseline` Service, which is where the router sends requests without a route key),
-and the router's environment maps each sandbox's route key to its fork's Service.
+and the router's environment maps each sandbox's route key to its fork's Service. The container runs
+`router_command` (default `python -m agentloop.sandbox.router`), which with no `--registry` reads that
+environment (see router.py, "Environment mode").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ROUTES_ENV = "LOOP_ROUTER_ROUTES"
 DEFAULT_ENV = "LOOP_ROUTER_DEFAULT"
 HEADER_ENV = "LOOP_ROUTE_HEADER"
 ENTRY_ENV = "LOOP_ROUTE_KEY_ENTRY"
+SERVICE_ENV = "LOOP_ROUTER_SERVICE"
 ROUTER_PORT = 8080
 
 
@@ -71,7 +74,8 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
     alias = baseline_alias_name(name)
     pod_labels = {ROUTER_LABEL: router, **MANAGED_BY}
     env = {DEFAULT_ENV: f"http://{alias}.{namespace}.svc.cluster.local:{port}",
-           ROUTES_ENV: json.dumps(routes, sort_keys=True), HEADER_ENV: route_header, ENTRY_ENV: ROUTE_KEY_ENTRY}
+           ROUTES_ENV: json.dumps(routes, sort_keys=True), HEADER_ENV: route_header, ENTRY_ENV: ROUTE_KEY_ENTRY,
+           SERVICE_ENV: name, "PORT": str(ROUTER_PORT)}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": router, "labels": dict(pod_labels)},
@@ -79,6 +83,9 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
                  "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [{
                      "name": "router", "image": router_image, "command": router_command,
                      "ports": [{"containerPort": ROUTER_PORT}],
+                     # Ready only once it listens, so the re-pointed Service never sends to a starting pod.
+                     "readinessProbe": {"httpGet": {"path": "/__loop/health", "port": ROUTER_PORT},
+                                        "periodSeconds": 2},
                      "env": [{"name": k, "value": v} for k, v in env.items()]}]}}},
     }
     alias_service = {
