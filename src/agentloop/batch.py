@@ -13,8 +13,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -24,7 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agentloop.errors import LoopError, RunNotFound
-from agentloop.runs import RunSummary, new_run_id
+from agentloop.executors.base import Executor, RunHandle
+from agentloop.runs import new_run_id
 
 FINAL = ("published", "failed", "error")
 
@@ -102,26 +101,20 @@ def read_issue_list(path: Path) -> list[str]:
     return refs
 
 
-class _Process:
-    def __init__(self, item: BatchItem, proc: subprocess.Popen[bytes], log: Any):
-        self.item, self.proc, self.log = item, proc, log
-
-
 Renderer = Callable[[BatchRecord], None]
 
 
 class BatchExecutor:
-    """Runs the items of a batch as `loop fix` / `loop resume` processes, at most `parallel` at once."""
+    """Runs the items of a batch through an executor, at most `parallel` at once."""
 
-    def __init__(self, record: BatchRecord, runs_root: Path, *, render: Renderer | None = None, poll: float = 0.3):
+    def __init__(self, record: BatchRecord, runs_root: Path, executor: Executor, *,
+                 render: Renderer | None = None, poll: float = 0.3):
         self.record = record
         self.runs_root = runs_root
+        self.executor = executor
         self.render = render
         self.poll = poll
-        self.logs = runs_root / f"batch-{record.id}"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self._running: list[_Process] = []
-        self._stopping = False
+        self._running: dict[str, tuple[BatchItem, RunHandle]] = {}
 
     def run(self) -> BatchRecord:
         save(self.record, self.runs_root)
@@ -141,8 +134,10 @@ class BatchExecutor:
     def _loop(self) -> None:
         pending = [item for item in self.record.items if item.status not in FINAL]
         while pending or self._running:
-            while pending and len(self._running) < self.record.parallel and not self._stopping:
-                self._running.append(self._start(pending.pop(0)))
+            while pending and len(self._running) < self.record.parallel:
+                item = pending.pop(0)
+                self._running[item.run_id] = (item, self.executor.start(item))
+                item.status, item.started_at = "running", item.started_at or time.time()
             time.sleep(self.poll)
             self._reap()
             self._refresh_all()
@@ -150,30 +145,15 @@ class BatchExecutor:
             if self.render:
                 self.render(self.record)
 
-    def _command(self, item: BatchItem) -> list[str]:
-        base = [sys.executable, "-m", "agentloop.cli"]
-        if (self.runs_root / item.run_id / "run.json").exists():
-            return [*base, "resume", item.run_id, "--repo", self.record.repo]
-        command = [*base, "fix", item.issue, "--run-id", item.run_id, "--repo", self.record.repo]
-        return command + (["--model", self.record.model] if self.record.model else [])
-
-    def _start(self, item: BatchItem) -> _Process:
-        log = (self.logs / f"{item.run_id}.log").open("ab")
-        env = {**os.environ, "LOOP_RUNS_DIR": str(self.runs_root), "LOOP_BATCH": self.record.id}
-        proc = subprocess.Popen(self._command(item), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-        item.status, item.started_at = "running", item.started_at or time.time()
-        return _Process(item, proc, log)
-
     def _reap(self) -> None:
-        for running in list(self._running):
-            code = running.proc.poll()
+        for run_id, (item, handle) in list(self._running.items()):
+            code = handle.poll()
             if code is None:
                 continue
-            running.log.close()
-            running.item.exit_code = code
-            self._running.remove(running)
-            self._refresh(running.item, finished=True)
+            handle.close()
+            item.exit_code = code
+            del self._running[run_id]
+            self._refresh(item, finished=True)
 
     def _refresh_all(self) -> None:
         for item in self.record.items:
@@ -181,51 +161,30 @@ class BatchExecutor:
                 self._refresh(item, finished=False)
 
     def _refresh(self, item: BatchItem, *, finished: bool) -> None:
-        run_dir = self.runs_root / item.run_id
-        summary_path = run_dir / "run.json"
-        if summary_path.exists():
-            try:
-                summary = RunSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
-            except ValueError:
-                return
+        summary = self.executor.summary(item.run_id)
+        if summary is not None:
             item.status = summary.status if (finished or summary.status != "running") else "running"
             item.pull_request, item.cost_usd, item.tokens = summary.pull_request, summary.cost_usd, summary.tokens
             item.iteration, item.duration = summary.iterations, round(summary.duration, 2)
-            item.node = _last_node(run_dir)
+            item.node = self.executor.last_node(item.run_id) or item.node
         if finished and item.status in ("running", "queued"):
-            # the process ended without saying how: it crashed before or outside the graph
-            item.status = "error" if item.exit_code not in (130, -signal.SIGINT) else "interrupted"
+            # the run ended without saying how: it crashed before or outside the graph
+            stopped = (130, -signal.SIGINT, -signal.SIGKILL, -signal.SIGTERM)
+            item.status = "interrupted" if item.exit_code in stopped else "error"
 
     def _interrupt(self) -> None:
-        self._stopping = True
+        """First Ctrl-C: every run stops cleanly. A second one while they do: stop them at once."""
         self.record.status = "interrupted"
-        for running in self._running:
-            _signal_group(running.proc, signal.SIGINT)
+        for _, handle in self._running.values():
+            handle.interrupt()
         try:
             while self._running:
                 time.sleep(self.poll)
                 self._reap()
         except KeyboardInterrupt:
-            for running in self._running:
-                _signal_group(running.proc, signal.SIGKILL)
-            for running in self._running:
-                running.proc.wait()
+            for _, handle in self._running.values():
+                handle.kill()
             self._reap()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
-        os.kill(proc.pid, sig) if sig == signal.SIGINT else os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _last_node(run_dir: Path) -> str:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return ""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return json.loads(lines[-1])["node"] if lines else ""
 
 
 def new_batch(repo: Path, refs: list[str], *, model: str | None, parallel: int) -> BatchRecord:

@@ -42,7 +42,7 @@ class BatchView:
                 self._seen[item.run_id] = state
                 self.console.print(
                     f"{time.time() - self.started:7.1f}s  issue {item.issue:<8} {item.run_id}  {item.status:<11} "
-                    f"{item.node or '-':<14} it {item.iteration}  ${item.cost_usd:.4f}"
+                    f"{item.node or '-':<14} it {item.iteration}  ${item.cost_usd:.4f}", soft_wrap=True
                 )
 
     def summary(self, record: BatchRecord) -> None:
@@ -50,7 +50,7 @@ class BatchView:
         self.console.print(
             f"batch {record.id}: {totals['resolved']} resolved, {totals['failed']} failed, "
             f"{totals['interrupted']} left; cost ${totals['cost_usd']:.4f}; wall {totals['wall_seconds']:.1f}s, "
-            f"runs {totals['run_seconds']:.1f}s (speed-up x{totals['speedup']})"
+            f"runs {totals['run_seconds']:.1f}s (speed-up x{totals['speedup']})", soft_wrap=True
         )
         for pull in totals["pull_requests"]:
-            self.console.print(f"  pull request: {pull}")
+            self.console.print(f"  pull request: {pull}", soft_wrap=True)

@@ -168,18 +168,22 @@ def batch(
     parallel: Annotated[int, typer.Option(min=1, help="Runs at once.")] = 4,
     model: Annotated[str | None, typer.Option(help="Model for every run; `{issue}` is replaced by the number.")] = None,
     resume_id: Annotated[str | None, typer.Option("--resume", help="Finish what is left of batch ID.")] = None,
-    executor: Annotated[str, typer.Option(help="local (default) or kubernetes.")] = "local",
+    executor: Annotated[str, typer.Option(help="local (default): a process per run; kubernetes: a Job per run.")] = "local",
+    image: Annotated[str | None, typer.Option(help="kubernetes: the loop image (default $LOOP_IMAGE).")] = None,
+    repository: Annotated[str | None, typer.Option(help="kubernetes: the URL the Jobs clone (default: origin).")] = None,
+    namespace: Annotated[str, typer.Option(help="kubernetes: the namespace of the Jobs.")] = "default",
+    secret: Annotated[str, typer.Option(help="kubernetes: the Secret with the keys and LOOP_DATABASE_URL.")] = "loop-keys",
     repo: RepoOption = Path("."),
 ) -> None:
     """Run many issues in parallel on one shared baseline."""
     from agentloop import batch as batches
     from agentloop.batch_view import BatchView
     from agentloop.config import load_config
-    from agentloop.errors import NotSupportedYet
-    from agentloop.forge.factory import open_forge
+    from agentloop.errors import ConfigError, NotSupportedYet
+    from agentloop.executors.base import Executor
 
-    if executor != "local":
-        raise NotSupportedYet(f"--executor {executor}: not supported yet; the local executor is the one built")
+    if executor not in ("local", "kubernetes"):
+        raise ConfigError(f"--executor {executor}: use local (the default) or kubernetes")
     root = repo_root(repo)
     config = load_config(root)
     root_runs = runs_dir(root)
@@ -191,29 +195,49 @@ def batch(
         if from_file is not None:
             refs += batches.read_issue_list(from_file)
         if label is not None:
+            from agentloop.forge.factory import open_forge
+
             forge = open_forge(root, config)
             lister = getattr(forge, "list_issues", None)
             if lister is None:
                 raise NotSupportedYet(f"--label with the {forge.kind} forge is not supported yet; list the issues")
             refs += [str(issue.number) for issue in lister(label)]
         record = batches.new_batch(root, refs[:limit] if limit else refs, model=model, parallel=parallel)
-    started_baseline = False
+    runner: Executor
     backend = None
-    if config.services:
-        from agentloop.sandbox.factory import open_backend
+    if executor == "kubernetes":
+        from agentloop.executors.kubernetes import JobSettings, KubernetesExecutor, origin_url, require_database
+        from agentloop.runstore import RunStore
 
-        backend = open_backend(root, config)
-        started_baseline = backend.baseline_up()
+        url = require_database()
+        chosen_image = image or os.environ.get("LOOP_IMAGE")
+        if not chosen_image:
+            raise ConfigError("--executor kubernetes: give the loop image with --image or LOOP_IMAGE "
+                              "(built from the repository's Dockerfile and pushed where the cluster pulls)")
+        settings = JobSettings(image=chosen_image, repository=repository or origin_url(root), namespace=namespace,
+                               secret=secret, model=record.model)
+        runner = KubernetesExecutor(settings, record.id, RunStore(url))
+    else:
+        from agentloop.executors.local import LocalExecutor
+
+        runner = LocalExecutor(root, root_runs, record.id, record.model)
+        if config.services:  # one baseline for every run: each finds it up and leaves it alone
+            from agentloop.sandbox.factory import open_backend
+
+            backend = open_backend(root, config)
+    started_baseline = backend.baseline_up() if backend is not None else False
     view = BatchView(err)
-    err.print(f"batch {record.id}: {len(record.items)} runs, {record.parallel} at once; record {batches.batch_path(root_runs, record.id)}")
+    err.print(f"batch {record.id}: {len(record.items)} runs, {record.parallel} at once ({executor}); "
+              f"record {batches.batch_path(root_runs, record.id)}", soft_wrap=True)
     try:
-        finished = batches.BatchExecutor(record, root_runs, render=view).run()
+        finished = batches.BatchExecutor(record, root_runs, runner, render=view,
+                                         poll=1.0 if executor == "kubernetes" else 0.3).run()
     finally:
         if started_baseline and backend is not None:
             backend.baseline_down()
     view.summary(finished)
     if finished.status == "interrupted":
-        err.print(f"interrupted: `loop batch --resume {finished.id}` finishes what is left")
+        err.print(f"interrupted: `loop batch --resume {finished.id}` finishes what is left", soft_wrap=True)
         raise typer.Exit(130)
     raise typer.Exit(0 if all(item.status == "published" for item in finished.items) else 1)
 
