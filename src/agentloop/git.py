@@ -19,7 +19,8 @@ def open_repo(path: Path) -> git.Repo:
 def ensure_clean(repo: git.Repo) -> None:
     """Refuse a dirty checkout: the run's base must be a commit the user can see."""
     if repo.is_dirty(untracked_files=False):
-        changed = [item.a_path for item in repo.index.diff(None)] + [item.a_path for item in repo.index.diff("HEAD")]
+        diffs = [*repo.index.diff(None), *repo.index.diff("HEAD")]
+        changed = [item.a_path for item in diffs if item.a_path]
         names = ", ".join(sorted(set(changed))[:5])
         raise RepoError(f"{repo.working_tree_dir}: uncommitted changes ({names}); commit or stash them first")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -30,6 +30,12 @@ from agentloop.nodes import deploy, diagnose, edit, intake, publish, report_fail
 from agentloop.state import RunState
 
 NodeFn = Callable[[RunState, RunContext], dict[str, Any]]
+
+
+class _Node(Protocol):
+    __name__: str
+
+    def __call__(self, state: RunState, *, runtime: Runtime[RunContext]) -> dict[str, Any]: ...
 
 
 def route_after_edit(state: RunState) -> Literal["deploy", "report_failure"]:
@@ -48,10 +54,10 @@ def route_after_diagnose(state: RunState) -> Literal["edit", "report_failure"]:
     return "report_failure" if state.get("budget_spent") else "edit"
 
 
-def _recorded(name: str, fn: NodeFn) -> Callable[[RunState, Runtime[RunContext]], dict[str, Any]]:
+def _recorded(name: str, fn: NodeFn) -> _Node:
     """Wrap a node so that its start, end, duration and outcome reach events.jsonl and the display."""
 
-    def node(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    def node(state: RunState, *, runtime: Runtime[RunContext]) -> dict[str, Any]:
         ctx = runtime.context
         if ctx.cancel.is_set():
             raise RunInterrupted(f"run {ctx.run_id} stopped before {name}; `loop resume {ctx.run_id}` continues it")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
 
@@ -171,7 +172,9 @@ def _checkpointer(record: RunRecord) -> Iterator[BaseCheckpointSaver[Any]]:
 
 
 def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool) -> RunOutcome:
-    config = {"configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations}
+    config: RunnableConfig = {
+        "configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations,
+    }
     started_baseline = False
     status: RunStatus = "error"
     message = ""
@@ -183,7 +186,7 @@ def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_ba
             ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started_baseline else "up")
         with _checkpointer(ctx.record) as saver:
             graph = build_graph(saver, review=review)
-            graph.invoke(initial, config, context=ctx)  # type: ignore[arg-type]
+            graph.invoke(initial, config, context=ctx)
             snapshot = graph.get_state(config)
             state = dict(snapshot.values)
             if snapshot.next:
