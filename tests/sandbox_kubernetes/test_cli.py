@@ -5,6 +5,7 @@ manifests with no cluster at all, and create/ls/logs/rm/gc against the loopback 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,16 @@ def test_gc_removes_an_expired_sandbox(cli: Cli, on_cluster: Callable[..., None]
     assert code == 0 and json.loads(out) == ["old"]
     assert apiserver.get("deployments", "reviews-v1-loop-old") is None
     assert json.loads(cli("ls", "--json")[1]) == []
+
+
+def test_an_unreachable_cluster_is_one_line_naming_the_server(cli: Cli, repo: Path, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = f"http://127.0.0.1:{port}"
+    _loop_yaml(repo, backend="kubernetes", kubeconfig=str(_kubeconfig(tmp_path / "kubeconfig", server)),
+               context="loopback")
+    code, _, err = cli("ls")
+    assert code == 2 and f"Kubernetes API at {server} unreachable" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("create", "fix-1", "--fork", "reviews", "--dry-run")
+    assert code == 2 and "sandbox.kubernetes.manifests" in err and "Traceback" not in err

@@ -189,7 +189,14 @@ def _dry_run(repo: Path, backend_name: str | None, name: str, forks: dict[str, P
     plan = getattr(backend, "plan", None)
     if plan is None:
         raise LoopError(f"--dry-run: the {config.sandbox.backend} backend cannot plan; use --backend kubernetes")
-    return dry.render(dry.masked_objects(plan(name, forks)), output)
+    try:
+        objects = plan(name, forks)
+    except LoopError as exc:
+        if getattr(getattr(backend, "settings", None), "manifests", None):
+            raise
+        raise LoopError(f"{exc}; or, to plan with no cluster, list the baseline's manifests under "
+                        "loop.yaml: sandbox.kubernetes.manifests") from None
+    return dry.render(dry.masked_objects(objects), output)
 
 
 @app.command("ls")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
@@ -50,7 +51,7 @@ def _api_errors(action: str, host: str, passthrough: tuple[int, ...] = (404, 409
             pass
         raise ClusterError(redact(f"Kubernetes API at {host}: {action} failed ({exc.status}): {detail}; check the "
                                   "context's permissions for this namespace (loop.yaml: sandbox.kubernetes)")) from None
-    except OSError as exc:  # urllib3's connection errors derive from OSError
+    except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused, DNS, TLS: MaxRetryError after retries
         raise ClusterError(f"Kubernetes API at {host} unreachable while trying to {action} ({type(exc).__name__}); "
                            "check loop.yaml: sandbox.kubernetes.context and that the cluster is up") from None
 
