@@ -50,6 +50,8 @@ def test_passing_first_time_publishes_one_commit_on_the_run_branch(make_repo: Ma
     for name in ("events.jsonl", "transcript.jsonl", "diff.patch", "report.md", "evidence.json"):
         assert (outcome.run_dir / name).is_file(), name
     assert "Fixes #1" in (outcome.run_dir / "report.md").read_text()
+    comments = (repo / ".git" / "loop" / "comments" / "1.md").read_text()
+    assert comments.index("is working on this issue") < comments.index(outcome.pull_request.url)
 
 
 def test_failing_then_fixed_goes_through_diagnose_and_a_second_edit(make_repo: MakeRepo, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from agentloop import git
 from agentloop.context import RunContext
 from agentloop.paths import worktrees_dir
+from agentloop.records import Issue
 from agentloop.state import RunState
 
 
@@ -20,6 +21,11 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     branch = branch_name(int(state["issue"]["number"]), ctx.run_id)
     worktree = worktrees_dir(ctx.repo) / ctx.run_id
     git.add_worktree(repo, worktree, branch=branch, commit=base)
+    ctx.forge.comment(
+        Issue.model_validate(state["issue"]),
+        f"loop run `{ctx.run_id}` is working on this issue on branch `{branch}`; "
+        "this comment will say how it ends.",
+    )
     return {
         "base_commit": base,
         "branch": branch,
