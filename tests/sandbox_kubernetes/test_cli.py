@@ -170,3 +170,18 @@ def test_an_unreachable_cluster_is_one_line_naming_the_server(cli: Cli, repo: Pa
     assert code == 2 and f"Kubernetes API at {server} unreachable" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("create", "fix-1", "--fork", "reviews", "--dry-run")
     assert code == 2 and "sandbox.kubernetes.manifests" in err and "Traceback" not in err
+
+
+def test_baseline_commands_describe_the_shared_namespace_and_change_nothing(
+        cli: Cli, on_cluster: Callable[..., None], apiserver: FakeApiServer) -> None:
+    on_cluster()
+    code, out, _ = cli("baseline", "status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["namespace"] == "default"
+    assert status["services"]["reviews"]["deployment"] == "reviews-v1" and status["services"]["reviews"]["available"]
+    code, out, _ = cli("baseline", "status")
+    assert code == 0 and "baseline: up in namespace default" in out and "reviews-v1" in out
+    before = apiserver.items("deployments")
+    code, out, _ = cli("baseline", "down")
+    assert code == 0 and "nothing was changed" in out
+    assert apiserver.items("deployments") == before

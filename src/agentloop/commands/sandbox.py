@@ -125,8 +125,12 @@ def baseline_up(repo: Repo = Path("."), backend_name: BackendName = None) -> Non
 def baseline_down(repo: Repo = Path("."), backend_name: BackendName = None) -> None:
     """Stop the baseline, its router and every sandbox on it."""
     with _errors():
-        _open(repo, backend_name).baseline_down()
-        typer.echo("baseline down")
+        backend = _open(repo, backend_name)
+        backend.baseline_down()
+        if backend.name == "kubernetes":
+            typer.echo("the Kubernetes baseline is shared and not loop's to stop; nothing was changed")
+        else:
+            typer.echo("baseline down")
 
 
 @baseline_app.command("status")
@@ -140,6 +144,9 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(status, indent=2))
         return
+    if status.get("backend") == "kubernetes":
+        _print_cluster_status(status)
+        return
     if not status.get("up"):
         typer.echo("baseline: down")
         return
@@ -148,6 +155,18 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
     for name, entry in (status.get("services") or {}).items():
         table.add_row(name, str(entry.get("url", "")), str(entry.get("upstream", "")), str(entry.get("pid", "")),
                       "yes" if entry.get("alive") else "NO")
+    Console().print(table)
+
+
+def _print_cluster_status(status: dict[str, Any]) -> None:
+    services: dict[str, dict[str, Any]] = status.get("services") or {}
+    ready = all(entry.get("available") for entry in services.values())
+    typer.echo(f"baseline: {'up' if ready else 'NOT all available'} in namespace {status.get('namespace')} "
+               f"(context {status.get('context') or 'default'}, routing {status.get('routing')})")
+    table = Table("service", "deployment", "available", "image")
+    for name, entry in services.items():
+        table.add_row(name, str(entry.get("deployment") or "-"), "yes" if entry.get("available") else "NO",
+                      str(entry.get("image") or ""))
     Console().print(table)
 
 
