@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,8 +22,10 @@ from rich.text import Text
 
 from agentloop.errors import LoopError
 from agentloop.paths import repo_root, runs_dir
-from agentloop.runner import RunOutcome
 from agentloop.runs import list_runs, open_run
+
+if TYPE_CHECKING:
+    from agentloop.runner import RunOutcome
 
 app = typer.Typer(
     name="loop",
