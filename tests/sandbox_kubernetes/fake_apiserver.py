@@ -3,9 +3,14 @@
 The Kubernetes API server itself cannot run here, so the tests point the real `kubernetes` Python
 client at this HTTP server instead. It keeps objects in memory and implements, for apps/v1
 Deployments (and their /status), v1 Services, Pods (and pods/log), Events and Istio
-VirtualServices: list (with labelSelector and fieldSelector), get, create, replace (with
-resourceVersion conflicts), JSON merge / strategic merge patch (as merge patch), delete and
-deletecollection, with the real Status error bodies.
+VirtualServices, batch/v1 Jobs and Secrets: list (with labelSelector and fieldSelector), get, create,
+replace (with resourceVersion conflicts), JSON merge / strategic merge patch (as merge patch), delete
+and deletecollection, with the real Status error bodies.
+
+Jobs run for real when a `job_runner` is set: the container's command and args become a local
+process with the Job's env and its envFrom Secrets; the Job's status follows the exit code. Deleting a
+Job with Foreground propagation sends the process SIGTERM (as the kubelet does) and the Job object goes
+away once the process has exited.
 
 A tiny "controller" plays the kubelet: every Deployment write replaces its pods with new ones whose
 state follows the image's scripted behaviour (`ImageBehaviour`): running, crash-looping or stuck
@@ -15,14 +20,17 @@ client's rollout wait really polls.
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
 import re
+import signal
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +44,9 @@ _PATH = re.compile(
     r"/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|log))?$"
 )
 _KINDS = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "events": "Event",
-          "virtualservices": "VirtualService"}
+          "virtualservices": "VirtualService", "jobs": "Job", "secrets": "Secret"}
+# Plays a Job's container: given the command line and the environment the kubelet would give it, start it
+JobRunner = Callable[[list[str], dict[str, str]], "subprocess.Popen[bytes]"]
 
 
 @dataclass
@@ -102,6 +112,8 @@ class FakeApiServer:
         self._lock = threading.RLock()
         self._versions = itertools.count(1)
         self._status_reads: dict[str, int] = {}
+        self.job_runner: JobRunner | None = None
+        self._job_processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -114,6 +126,10 @@ class FakeApiServer:
         return self
 
     def stop(self) -> None:
+        for proc in list(self._job_processes.values()):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -155,6 +171,10 @@ class FakeApiServer:
             self.objects[key] = obj
             if plural == "deployments":
                 self._reconcile(ns, obj)
+            if plural == "jobs":
+                obj["status"] = {"active": 1, "startTime": _now()}
+                if self.job_runner is not None:
+                    self._run_job(ns, obj)
             return copy.deepcopy(obj)
 
     def _write(self, plural: str, ns: str, name: str, obj: Obj, *, check_version: bool) -> Obj:
@@ -180,7 +200,14 @@ class FakeApiServer:
                 self._reconcile(ns, obj)
             return copy.deepcopy(obj)
 
-    def _delete(self, plural: str, ns: str, name: str) -> None:
+    def _delete(self, plural: str, ns: str, name: str, body: Any = None) -> None:
+        proc = self._job_processes.get((ns, name)) if plural == "jobs" else None
+        if proc is not None and proc.poll() is None and (body or {}).get("propagationPolicy") == "Foreground":
+            # the Job stays, marked for deletion, until its pod's process has exited
+            with self._lock:
+                self.objects[self._key(plural, ns, name)]["metadata"]["deletionTimestamp"] = _now()
+            proc.send_signal(signal.SIGKILL if (body or {}).get("gracePeriodSeconds") == 0 else signal.SIGTERM)
+            return
         with self._lock:
             obj = self.objects.pop(self._key(plural, ns, name), None)
             if obj is None:
@@ -189,6 +216,35 @@ class FakeApiServer:
                 for pod in self.items("pods", ns):
                     if pod["metadata"].get("labels", {}).get("fake/owner") == name:
                         self.objects.pop(self._key("pods", ns, pod["metadata"]["name"]), None)
+
+    # -- the Job controller and kubelet --------------------------------------------------------
+    def _run_job(self, ns: str, job: Obj) -> None:
+        assert self.job_runner is not None
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            secret = self.get("secrets", source["secretRef"]["name"], ns)
+            if secret is None:
+                raise _ApiError(422, "Invalid", f'secret "{source["secretRef"]["name"]}" not found')
+            env |= {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+            env |= secret.get("stringData", {})
+        proc = self.job_runner([*container.get("command", []), *container.get("args", [])], env)
+        name = job["metadata"]["name"]
+        self._job_processes[(ns, name)] = proc
+        threading.Thread(target=self._finish_job, args=(ns, name, proc), daemon=True).start()
+
+    def _finish_job(self, ns: str, name: str, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        with self._lock:
+            job = self.objects.get(self._key("jobs", ns, name))
+            if job is None:
+                return
+            if "deletionTimestamp" in job["metadata"]:
+                self.objects.pop(self._key("jobs", ns, name))
+                return
+            job["status"] = {"succeeded": 1} if code == 0 else {"failed": 1}
+            job["status"]["completionTime"] = _now()
+            job["metadata"]["resourceVersion"] = str(next(self._versions))
 
     # -- the controller -----------------------------------------------------------------------
     def _reconcile(self, ns: str, deployment: Obj) -> None:
@@ -326,7 +382,7 @@ class FakeApiServer:
                 return 200, self._public(self._write(plural, ns, name, merged, check_version=False))
             if method == "DELETE":
                 gone = self._public(self._must(plural, ns, name))
-                self._delete(plural, ns, name)
+                self._delete(plural, ns, name, body)
                 if plural in ("services", "virtualservices"):  # as the real server: the deleted object
                     return 200, gone
                 return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
