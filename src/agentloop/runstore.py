@@ -13,14 +13,15 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import psycopg
-from langgraph.checkpoint.postgres import PostgresSaver
-from psycopg.rows import DictRow, dict_row
+from typing import TYPE_CHECKING, Any
 
 from agentloop.errors import LoopError
 from agentloop.redact import redact
+
+if TYPE_CHECKING:  # psycopg and the Postgres checkpointer are the optional `postgres` extra
+    import psycopg
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import DictRow
 
 DATABASE_ENV = "LOOP_DATABASE_URL"
 # one arbitrary key for pg_advisory_lock: table creation by many Jobs at once must not race
@@ -44,6 +45,12 @@ def database_url() -> str | None:
 
 @contextmanager
 def _connect(url: str) -> Iterator[psycopg.Connection[DictRow]]:
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+    except ImportError:
+        raise DatabaseError(f"{DATABASE_ENV} is set but psycopg is not installed: "
+                            "pip install 'agentloop[postgres]' (or unset it)") from None
     try:
         conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row, connect_timeout=10)
     except psycopg.Error as exc:
@@ -105,6 +112,8 @@ def open_store() -> RunStore | None:
 @contextmanager
 def postgres_checkpointer(url: str) -> Iterator[PostgresSaver]:
     """langgraph's PostgresSaver on its own connection, its tables made once (under a lock)."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
     with _connect(url) as conn:
         saver = PostgresSaver(conn)
         _setup_locked(conn, saver)
