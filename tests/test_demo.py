@@ -41,7 +41,9 @@ def test_demo_publishes_after_a_failed_first_attempt_and_stops_what_it_started(t
 
     body = (Path(details["record"]) / "report.md").read_text()
     assert "Fixes #1" in body and "route key" in body
-    assert loop("verify", run["id"], "--repo", str(repo), cwd=tmp_path).returncode == 0
+    verified = loop("verify", run["id"], "--rerun", "--repo", str(repo), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "passed on a fresh sandbox" in verified.stdout
 
     backend = open_backend(repo, load_config(repo))
     assert backend.baseline_status()["up"] is False

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,6 +159,8 @@ class ConfinedShell:
         env = scrubbed_env()
         env.update({k: v for k, v in self._extra_env.items()})
         env = scrubbed_env(env)  # nothing secret-named comes in through extra_env either
+        # `python3`/`pytest` resolve to the environment loop runs in, as they do for the suites.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update({"PWD": str(self.worktree), "GIT_TERMINAL_PROMPT": "0", "PAGER": "cat", "GIT_PAGER": "cat",
                     # Caches written into the worktree would end up in the pull request.
                     "PYTHONDONTWRITEBYTECODE": "1",
