@@ -165,6 +165,17 @@ def test_a_dollar_budget_already_spent_makes_no_call(fake: FakeAnthropic, worktr
     assert fake.requests == []
 
 
+def test_the_minutes_budget_ends_an_edit_between_model_calls(fake: FakeAnthropic, worktree: Path,
+                                                             coder_for: MakeCoder) -> None:
+    fake.add(message(tool_use("bash", {"command": "sleep 0.3"})), message(tool_use("bash", {"command": "true"})))
+    import time
+
+    result = coder_for().edit(edit_task(worktree, deadline=time.time() + 0.2))
+    # the first call is made before the deadline; the command outlives it, so no second call follows
+    assert result.stop_reason == "budget" and "agent.budget.minutes" in (result.error or "")
+    assert len(fake.requests) == 1
+
+
 def test_an_answer_cut_at_max_tokens_is_continued(fake: FakeAnthropic, worktree: Path,
                                                   coder_for: MakeCoder) -> None:
     fake.add(message(text("I will now explain at len"), stop_reason="max_tokens"), message(text("gth. Done.")))

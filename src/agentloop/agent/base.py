@@ -24,13 +24,15 @@ class EditTask(BaseModel):
     diff: str = ""
     sandbox_env: dict[str, str] = Field(default_factory=dict)
     usage_so_far: Usage = Field(default_factory=Usage)
+    deadline: float | None = Field(default=None, description="Epoch seconds when the minutes budget ends.")
 
 
 UsageCallback = Callable[[Usage], None]
 
 
 class Coder(Protocol):
-    """Changes the worktree for one iteration. Raises BudgetExceeded when a budget is spent."""
+    """Changes the worktree for one iteration. A spent budget (tokens, dollars, the deadline) ends the
+    edit with `stop_reason="budget"`; model errors that survive retries with `stop_reason="error"`."""
 
     def edit(self, task: EditTask, on_usage: UsageCallback | None = None) -> EditResult:
         ...

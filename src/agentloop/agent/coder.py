@@ -9,6 +9,7 @@ when the model fails after retries ("error"); it never raises for these.
 from __future__ import annotations
 
 import copy
+import time
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -45,12 +46,15 @@ def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 class _Budget:
-    def __init__(self, config: LoopConfig, before: Usage) -> None:
+    def __init__(self, config: LoopConfig, before: Usage, deadline: float | None) -> None:
         self._tokens = config.agent.budget.tokens
         self._usd = config.agent.budget.usd
         self._before = before
+        self._deadline = deadline
 
     def spent(self, this_edit: Usage) -> str | None:
+        if self._deadline is not None and time.time() >= self._deadline:
+            return "time budget spent during the edit (agent.budget.minutes)"
         total = self._before + this_edit
         if self._tokens is not None and total.total_tokens >= self._tokens:
             return f"token budget spent: {total.total_tokens} of {self._tokens} tokens (agent.budget.tokens)"
@@ -80,7 +84,7 @@ class AgentCoder:
         seek = getattr(self.model, "seek", None)
         if seek is not None:
             seek(task.usage_so_far.calls)
-        budget = _Budget(self.config, task.usage_so_far)
+        budget = _Budget(self.config, task.usage_so_far, task.deadline)
         usage = Usage()
         already = budget.spent(usage)
         if already is not None:
@@ -95,6 +99,10 @@ class AgentCoder:
                               system=system, tools=tools)
         summary, sent = "", 0
         for turn in range(1, self.config.agent.max_turns + 1):
+            # tools can take long: the deadline may have passed since the last answer
+            spent = budget.spent(usage) if turn > 1 else None
+            if spent is not None:
+                return EditResult(summary=summary, usage=usage, turns=turn - 1, stop_reason="budget", error=spent)
             self.transcript.write("request", iteration=task.iteration, turn=turn, messages=messages[sent:])
             sent = len(messages)
             request = {"max_tokens": self.config.agent.max_tokens, "system": system, "tools": tools,

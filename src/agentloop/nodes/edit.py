@@ -36,6 +36,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         diff=git.diff(worktree, state["base_commit"]) if iteration > 1 else "",
         sandbox_env=_sandbox_env(state),
         usage_so_far=usage_before,
+        deadline=_deadline(state, ctx),
     )
 
     def on_usage(turn_usage: Usage) -> None:
@@ -56,6 +57,11 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         "attempts": update_attempt(state, edit=result.model_dump(mode="json"), changed_files=changed),
         "budget_spent": spent,
     }
+
+
+def _deadline(state: RunState, ctx: RunContext) -> float | None:
+    minutes = ctx.config.agent.budget.minutes
+    return state["started_at"] + minutes * 60 if minutes is not None and "started_at" in state else None
 
 
 def _restart_cleanly(worktree: Path, marker: Path) -> None:
