@@ -137,3 +137,32 @@ def test_deploy_failure_is_diagnosed_and_fixed(make_repo: MakeRepo, tmp_path: Pa
     assert ("validate", "passed") in ends
     diagnosis = (outcome.run_dir / "iterations" / "1" / "diagnosis.md").read_text()
     assert "SystemExit" in diagnosis or "exit" in diagnosis.lower()
+
+
+def test_an_issue_from_a_file_runs_without_a_number(make_repo: MakeRepo, tmp_path: Path) -> None:
+    files = {k: v for k, v in CALC_FILES.items() if not k.startswith(".loop")}
+    repo = make_repo(files, CALC_CONFIG)
+    issue = tmp_path / "bug.md"
+    issue.write_text("# add() subtracts\n\nadd(2, 3) returns -1.\n")
+    cassette = write_cassette(tmp_path / "c.json", [[TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a + b\n\n\ndef sub")]])
+
+    outcome = fix(repo, None, issue_file=issue, model=f"replay:{cassette}")
+
+    assert outcome.status == "published", outcome.message
+    assert outcome.pull_request.branch == f"loop/file-{outcome.run_id}"
+    assert "Fixes #" not in (outcome.run_dir / "report.md").read_text()
+
+
+def test_langgraph_json_points_at_the_compiled_graph() -> None:
+    """What LangGraph's dev server and Studio load: the path in langgraph.json, as a module attribute."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = json.loads((root / "langgraph.json").read_text())
+    path, _, attribute = spec["graphs"]["loop"].partition(":")
+    module_spec = importlib.util.spec_from_file_location("loop_graph_entry", root / path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    graph = getattr(module, attribute)
+    assert set(graph.get_graph().nodes) >= {"intake", "edit", "deploy", "validate", "diagnose", "publish", "report_failure"}

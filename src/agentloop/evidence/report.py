@@ -39,14 +39,20 @@ def render_report(evidence: Mapping[str, Any], max_chars: int | None = None) -> 
         diff=f"{diff.get('files_changed', 0)} files, +{diff.get('insertions', 0)}/-{diff.get('deletions', 0)}",
         usage=f"{usage.get('total_tokens', 0)} tokens, ${float(usage.get('cost_usd', 0.0)):.2f}",
         loop_version=(evidence.get("versions") or {}).get("loop", ""),
-        issue_number=(evidence.get("issue") or {}).get("number", ""),
+        closing=_closing(evidence),
     )
     body = redact(body)
     if max_chars is not None and len(body) > max_chars:
-        closing = f"\n\nFixes #{(evidence.get('issue') or {}).get('number', '')}\n"
+        closing = f"\n\n{_closing(evidence)}\n"
         keep = max(0, max_chars - len(_TRUNCATED) - len(closing))
         body = body[:keep] + _TRUNCATED + closing
     return body
+
+
+def _closing(evidence: Mapping[str, Any]) -> str:
+    """`Fixes #N`, which closes the issue on merge; nothing for an issue read from a file (number 0)."""
+    number = (evidence.get("issue") or {}).get("number")
+    return f"Fixes #{number}" if number else ""
 
 
 def _headline(verdict: Mapping[str, Any], iterations: int) -> str:

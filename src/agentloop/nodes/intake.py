@@ -12,7 +12,8 @@ from agentloop.state import RunState
 
 
 def branch_name(issue_number: int, run_id: str) -> str:
-    return f"loop/{issue_number}-{run_id}"
+    """`loop/<issue>-<run>`; an issue read from a file with no number is `loop/file-<run>`."""
+    return f"loop/{issue_number or 'file'}-{run_id}"
 
 
 def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
