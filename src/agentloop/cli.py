@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -102,6 +103,15 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
+def _short_pull(url: str | None) -> str:
+    """GitHub URLs as they are; a local pull request (its body file) as `local #N`."""
+    if not url:
+        return "-"
+    if url.startswith("file://") and "/pulls/" in url:
+        return f"local #{url.rsplit('/', 1)[-1].removesuffix('.md')}"
+    return url
+
+
 @app.command("runs")
 def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> None:
     """List runs: id, issue, status, iterations, pull request, started, duration, cost."""
@@ -110,11 +120,14 @@ def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> N
         rows = [s.model_dump(mode="json") | {"duration": round(s.duration, 1)} for s in summaries]
         out.print_json(json.dumps(rows))
         return
-    table = Table("run", "issue", "status", "iter", "pull request", "started", "duration", "cost")
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("run", "issue", "status", "iter", "started", "duration", "cost"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("pull request", overflow="fold")
     for s in summaries:
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started_at))
-        table.add_row(s.id, f"#{s.issue}", s.status, str(s.iterations), s.pull_request or "-", started,
-                      _duration(s.duration), f"${s.cost_usd:.2f}")
+        started = time.strftime("%m-%d %H:%M", time.localtime(s.started_at))
+        table.add_row(s.id, f"#{s.issue}", s.status, str(s.iterations), started, _duration(s.duration),
+                      f"${s.cost_usd:.2f}", _short_pull(s.pull_request))
     out.print(table if summaries else "no runs yet: `loop fix ISSUE` starts one")
 
 
