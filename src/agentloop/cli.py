@@ -125,7 +125,8 @@ def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> N
         table.add_column(name, no_wrap=True)
     table.add_column("pull request", overflow="fold")
     for s in summaries:
-        started = time.strftime("%m-%d %H:%M", time.localtime(s.started_at))
+        same_day = time.localtime(s.started_at)[:3] == time.localtime()[:3]
+        started = time.strftime("%H:%M" if same_day else "%m-%d", time.localtime(s.started_at))
         table.add_row(s.id, f"#{s.issue}", s.status, str(s.iterations), started, _duration(s.duration),
                       f"${s.cost_usd:.2f}", _short_pull(s.pull_request))
     out.print(table if summaries else "no runs yet: `loop fix ISSUE` starts one")
