@@ -123,7 +123,7 @@ def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> N
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("run", "issue", "status", "iter", "started", "duration", "cost"):
         table.add_column(name, no_wrap=True)
-    table.add_column("pull request", overflow="fold")
+    table.add_column("PR", no_wrap=True)
     for s in summaries:
         same_day = time.localtime(s.started_at)[:3] == time.localtime()[:3]
         started = time.strftime("%H:%M" if same_day else "%m-%d", time.localtime(s.started_at))
