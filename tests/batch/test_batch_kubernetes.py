@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batchtest import loop
+from batchtest import loop, start_loop, wait_until
 from looptest import MakeRepo, create, git, replace, write_cassette
 from sandbox_kubernetes.fake_apiserver import FakeApiServer
 
@@ -109,3 +110,36 @@ def test_the_kubernetes_executor_needs_an_image_and_a_database(make_repo: MakeRe
     monkeypatch.setenv("LOOP_DATABASE_URL", "postgresql://127.0.0.1:1/x")
     no_image = loop(repo, "batch", "1", "--executor", "kubernetes")
     assert no_image.returncode == 2 and "--image" in no_image.stderr and "Traceback" not in no_image.stderr
+
+
+def test_ctrl_c_deletes_the_jobs_and_their_runs_stop_cleanly(
+    make_repo: MakeRepo, tmp_path: Path, cluster: FakeApiServer, database_url: str
+) -> None:
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    repo = make_repo({"calc.py": "def add(a, b):\n    return a - b\n", ".loop/issues/1.md": "# add() subtracts\n",
+                      "tests/conftest.py": f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n"},
+                     {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]})
+    cassette = write_cassette(tmp_path / "1.json", [[
+        create("tests/test_add.py", "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"),
+        replace("calc.py", "a - b", "a + b")]])
+    from agentloop.runstore import RunStore
+
+    store = RunStore(database_url)
+    proc = start_loop(repo, "batch", "1", "--executor", "kubernetes", "--image", "loop:test", "--repository", str(repo),
+                      "--model", f"replay:{cassette}")
+    try:
+        wait_until(lambda: any(e["node"] == "validate" for s in store.summaries() for e in store.events(s["id"])), proc)
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        hold.unlink()
+
+    assert proc.returncode == 130, output
+    assert cluster.items("jobs") == [], "the Job is deleted once its pod has stopped"
+    [summary] = store.summaries()
+    assert summary["status"] == "interrupted", summary
+    record = json.loads(next((repo / ".loop" / "runs").glob("batch-*.json")).read_text())
+    assert record["status"] == "interrupted" and record["items"][0]["status"] == "interrupted"

@@ -200,13 +200,14 @@ class FakeApiServer:
                 self._reconcile(ns, obj)
             return copy.deepcopy(obj)
 
-    def _delete(self, plural: str, ns: str, name: str, body: Any = None) -> None:
+    def _delete(self, plural: str, ns: str, name: str, options: Obj | None = None) -> None:
+        options = options or {}
         proc = self._job_processes.get((ns, name)) if plural == "jobs" else None
-        if proc is not None and proc.poll() is None and (body or {}).get("propagationPolicy") == "Foreground":
+        if proc is not None and proc.poll() is None and options.get("propagationPolicy") == "Foreground":
             # the Job stays, marked for deletion, until its pod's process has exited
             with self._lock:
                 self.objects[self._key(plural, ns, name)]["metadata"]["deletionTimestamp"] = _now()
-            proc.send_signal(signal.SIGKILL if (body or {}).get("gracePeriodSeconds") == 0 else signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if str(options.get("gracePeriodSeconds")) == "0" else signal.SIGTERM)
             return
         with self._lock:
             obj = self.objects.pop(self._key(plural, ns, name), None)
@@ -382,7 +383,7 @@ class FakeApiServer:
                 return 200, self._public(self._write(plural, ns, name, merged, check_version=False))
             if method == "DELETE":
                 gone = self._public(self._must(plural, ns, name))
-                self._delete(plural, ns, name, body)
+                self._delete(plural, ns, name, {**query, **(body or {})})  # delete options come either way
                 if plural in ("services", "virtualservices"):  # as the real server: the deleted object
                     return 200, gone
                 return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}

@@ -24,7 +24,7 @@ from agentloop import git
 from agentloop.batch import BatchItem
 from agentloop.errors import ConfigError, LoopError
 from agentloop.redact import redact
-from agentloop.runs import RunSummary
+from agentloop.runs import RunSummary, new_run_id
 from agentloop.runstore import DATABASE_ENV, RunStore
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,10 @@ class KubernetesExecutor:
         self.api = k8s.BatchV1Api(api_client or _client(settings))
 
     def start(self, item: BatchItem) -> KubernetesRun:
+        if self.store.summary(item.run_id) is not None:
+            # the interrupted run's worktree went with its pod: `--resume` starts the issue again as a new run
+            log.info("run %s of issue %s was interrupted in its Job; starting it again", item.run_id, item.issue)
+            item.run_id = new_run_id()
         name = job_name(item.run_id)
         try:
             self.api.delete_namespaced_job(name, self.settings.namespace, propagation_policy="Foreground")
