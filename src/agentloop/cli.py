@@ -120,7 +120,7 @@ def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> N
         rows = [s.model_dump(mode="json") | {"duration": round(s.duration, 1)} for s in summaries]
         out.print_json(json.dumps(rows))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     for name in ("run", "issue", "status", "iter", "started", "duration", "cost"):
         table.add_column(name, no_wrap=True)
     table.add_column("PR", no_wrap=True)
