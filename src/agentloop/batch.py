@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +68,7 @@ class BatchRecord(BaseModel):
 
 
 def new_batch_id() -> str:
-    return f"b-{datetime.now(tz=timezone.utc).strftime('%Y%m%d')}-{secrets.token_hex(3)}"
+    return f"b-{datetime.now(tz=UTC).strftime('%Y%m%d')}-{secrets.token_hex(3)}"
 
 
 def batch_path(runs_root: Path, batch_id: str) -> Path:

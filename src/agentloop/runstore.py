@@ -28,10 +28,10 @@ DATABASE_ENV = "LOOP_DATABASE_URL"
 _SETUP_LOCK = 0x6C6F6F70
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS loop_runs (id text PRIMARY KEY, started_at double precision NOT NULL, "
-    "summary jsonb NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS loop_run_events (run_id text NOT NULL, seq bigserial, event jsonb NOT NULL, "
-    "PRIMARY KEY (run_id, seq))",
+    ("CREATE TABLE IF NOT EXISTS loop_runs (id text PRIMARY KEY, started_at double precision NOT NULL, "
+     "summary jsonb NOT NULL)"),
+    ("CREATE TABLE IF NOT EXISTS loop_run_events (run_id text NOT NULL, seq bigserial, event jsonb NOT NULL, "
+     "PRIMARY KEY (run_id, seq))"),
 )
 
 

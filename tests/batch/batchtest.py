@@ -4,6 +4,8 @@ real subprocess."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +79,7 @@ def make_system(make_repo: MakeRepo, issues: dict[int, str], suite: str = "pytho
 
 def loop(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agentloop.cli", *args, "--repo", str(repo)], cwd=repo,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def start_loop(repo: Path, *args: str) -> subprocess.Popen[str]:
@@ -90,6 +92,19 @@ def batch_record(repo: Path) -> dict[str, Any]:
     assert len(records) == 1, records
     data: dict[str, Any] = json.loads(records[0].read_text())
     return data
+
+
+def ctrl_c_when(check: Any, proc: subprocess.Popen[str]) -> str:
+    """Once `check()` holds, SIGINT the `loop` process (a terminal's Ctrl-C) and return its output; a
+    process that outlives the test is killed."""
+    try:
+        wait_until(check, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        return output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_until(check: Any, proc: subprocess.Popen[str], timeout: float = 60) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from batchtest import loop, start_loop, wait_until
+from batchtest import ctrl_c_when, loop, start_loop
 from looptest import MakeRepo, create, git, replace, write_cassette
 from sandbox_kubernetes.fake_apiserver import FakeApiServer
 
@@ -129,12 +127,9 @@ def test_ctrl_c_deletes_the_jobs_and_their_runs_stop_cleanly(
     proc = start_loop(repo, "batch", "1", "--executor", "kubernetes", "--image", "loop:test", "--repository", str(repo),
                       "--model", f"replay:{cassette}")
     try:
-        wait_until(lambda: any(e["node"] == "validate" for s in store.summaries() for e in store.events(s["id"])), proc)
-        os.kill(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        output = ctrl_c_when(lambda: any(e["node"] == "validate" for s in store.summaries() for e in store.events(s["id"])),
+                             proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
         hold.unlink()
 
     assert proc.returncode == 130, output

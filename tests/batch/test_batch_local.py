@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
-from batchtest import batch_record, loop, make_system, start_loop, wait_until, web_test
+from batchtest import batch_record, ctrl_c_when, loop, make_system, start_loop, web_test
 from looptest import MakeRepo, create, git, replace, write_cassette
 
 
@@ -119,13 +118,9 @@ def test_ctrl_c_stops_every_run_cleanly_and_resume_finishes_the_batch(make_repo:
                                            replace("web/app.py", 'b"bye?"', 'b"goodbye"')]])
     proc = start_loop(repo, "batch", "1", "2", "--model", f"replay:{cassettes}/{{issue}}.json")
     try:
-        wait_until(lambda: len(_validating(repo)) == 2, proc)
-        os.kill(proc.pid, signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        output = ctrl_c_when(lambda: len(_validating(repo)) == 2, proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    hold.unlink()
+        hold.unlink()
 
     assert proc.returncode == 130, output
     record = batch_record(repo)

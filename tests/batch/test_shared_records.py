@@ -4,7 +4,6 @@ written to and read from the real PostgreSQL are tested with the Kubernetes exec
 from __future__ import annotations
 
 import pytest
-
 from batchtest import loop
 from looptest import MakeRepo
 
