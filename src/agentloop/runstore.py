@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # psycopg and the Postgres checkpointer are the optional `pos
 DATABASE_ENV = "LOOP_DATABASE_URL"
 # one arbitrary key for pg_advisory_lock: table creation by many Jobs at once must not race
 _SETUP_LOCK = 0x6C6F6F70
+_SETUP_WAIT_SECONDS = 60
 
 _SCHEMA = (
     ("CREATE TABLE IF NOT EXISTS loop_runs (id text PRIMARY KEY, started_at double precision NOT NULL, "
@@ -121,8 +123,14 @@ def postgres_checkpointer(url: str) -> Iterator[PostgresSaver]:
 
 
 def _setup_locked(conn: psycopg.Connection[DictRow], saver: PostgresSaver) -> None:
-    # session-level lock: PostgresSaver.setup() runs its own statements and cannot share our transaction
-    conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK + 1,))
+    # Polled, not waited on: setup() may build an index CONCURRENTLY, which waits for every open
+    # statement, a blocked pg_advisory_lock included -- a deadlock when many Jobs start at once.
+    deadline = time.monotonic() + _SETUP_WAIT_SECONDS
+    while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_SETUP_LOCK + 1,)).fetchone()["ok"]:  # type: ignore[index]
+        if time.monotonic() > deadline:
+            raise DatabaseError(f"{DATABASE_ENV}: another loop has held the checkpoint set-up lock for "
+                                f"{_SETUP_WAIT_SECONDS} s; check the database for stuck sessions")
+        time.sleep(0.1)
     try:
         saver.setup()
     finally:
