@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from looptest import GIT_ENV, MakeRepo, git  # noqa: E402
+from looptest import GIT_ENV, MakeRepo, git
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from looptest import MakeRepo
+
 from agentloop import git
 from agentloop.evidence import is_draft, render_report, write_evidence
 from agentloop.records import Comparison, Diagnosis, SuiteResult, TestCaseResult, Verdict
 from agentloop.verify import verify_run
-from looptest import MakeRepo
 
 SECRET = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4"
 
@@ -127,8 +128,8 @@ def test_verify_notices_a_head_commit_that_does_not_match_the_diff(make_repo: Ma
 
     differences = verify_run(run_dir, repo)
     assert differences == [
-        f"head commit {evidence['commits']['head'][:12]}: its diff against base {evidence['commits']['base'][:12]} "
-        "is not diff.patch (same files, different content)"
+        (f"head commit {evidence['commits']['head'][:12]}: its diff against base {evidence['commits']['base'][:12]} "
+         "is not diff.patch (same files, different content)")
     ]
 
     data["commits"]["head"] = "0" * 40

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from agentloop.runner import fix
-from agentloop.paths import runs_dir
-from agentloop.runs import list_runs
 from looptest import MakeRepo, create, git, replace, write_cassette
+
+from agentloop.paths import runs_dir
+from agentloop.runner import fix
+from agentloop.runs import list_runs
 
 CALC_FILES = {
     "calc.py": "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n",

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from looptest import MakeRepo
 
 CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q"}]}
@@ -17,7 +16,7 @@ CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pyte
 
 def loop(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 

@@ -42,7 +42,7 @@ def _hold_conftest(hold: Path) -> str:
 
 
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp_path: Path) -> None:

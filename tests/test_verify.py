@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from looptest import MakeRepo
 
 from agentloop import git
 from agentloop.verify import rerun
-from looptest import MakeRepo
 
 
 def test_rerun_validates_the_head_commit_again_and_cleans_up(make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -222,7 +222,12 @@ def batch(
     runner: Executor
     backend = None
     if executor == "kubernetes":
-        from agentloop.executors.kubernetes import JobSettings, KubernetesExecutor, origin_url, require_database
+        from agentloop.executors.kubernetes import (
+            JobSettings,
+            KubernetesExecutor,
+            origin_url,
+            require_database,
+        )
         from agentloop.runstore import RunStore
 
         url = require_database()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -50,7 +50,7 @@ class PlanRef(_Strict):
     name: str | None = None
 
 
-ValidateEntry = Annotated[Union[SuiteConfig, PlanRef], Field(union_mode="left_to_right")]
+ValidateEntry = Annotated[SuiteConfig | PlanRef, Field(union_mode="left_to_right")]
 
 
 class Budget(_Strict):

@@ -73,5 +73,5 @@ class RunContext:
         if self.progress is not None:
             try:
                 self.progress({"run_id": self.run_id, "time": time.time(), **event})
-            except Exception:  # a broken display must not break a run
+            except Exception:  # noqa: BLE001, S110 -- a broken display must not break a run
                 pass

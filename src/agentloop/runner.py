@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
 
@@ -29,8 +29,8 @@ from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
 from agentloop.paths import repo_root, runs_dir
 from agentloop.records import Issue, PullRequest, Usage
-from agentloop.runstore import database_url, postgres_checkpointer
 from agentloop.runs import RunRecord, RunSummary, new_run_id, open_run
+from agentloop.runstore import database_url, postgres_checkpointer
 from agentloop.state import RunState, RunStatus
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_ba
         status, message = "interrupted", f"stopped; `loop resume {ctx.run_id}` continues from the last step"
     except LoopError as exc:
         status, message = "error", str(exc)
-    except Exception as exc:  # record it, never lose the run: the checkpoint is still there to resume
+    except Exception as exc:  # noqa: BLE001 -- record it, never lose the run: the checkpoint is still there to resume
         (ctx.record.dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         status, message = "error", f"internal error: {type(exc).__name__}: {exc} (details: {ctx.record.dir / 'error.txt'})"
     finally:

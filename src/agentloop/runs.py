@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ CHECKPOINTS = "checkpoints.sqlite"
 
 
 def new_run_id(now: float | None = None) -> str:
-    stamp = datetime.fromtimestamp(now or time.time(), tz=timezone.utc).strftime("%Y%m%d")
+    stamp = datetime.fromtimestamp(now or time.time(), tz=UTC).strftime("%Y%m%d")
     return f"r-{stamp}-{secrets.token_hex(3)}"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from looptest import MakeRepo
 from typer.testing import CliRunner
 
 from agentloop import git
@@ -20,7 +21,6 @@ from agentloop.errors import ConfigError
 from agentloop.records import SandboxInfo
 from agentloop.validation import run_validation
 from agentloop.validation.plans import run_plan
-from looptest import MakeRepo
 
 KEY = "rk-5f3a9c1e"
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from looptest import MakeRepo
+
 from agentloop import git
 from agentloop.config import LoopConfig
 from agentloop.records import SandboxInfo, Verdict
 from agentloop.validation import run_validation
-from looptest import MakeRepo
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
 TEST_SUB = "from calc import sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n"

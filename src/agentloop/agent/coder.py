@@ -9,8 +9,8 @@ when the model fails after retries ("error"); it never raises for these.
 from __future__ import annotations
 
 import copy
-import time
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 

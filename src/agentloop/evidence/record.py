@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from agentloop.redact import redact
 from agentloop.records import DeployResult, Diagnosis, SandboxInfo, Usage, Verdict
+from agentloop.redact import redact
 
 SCHEMA_VERSION = 1
 EVIDENCE_FILE = "evidence.json"

@@ -24,7 +24,15 @@ from agentloop.errors import LoopError
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.redact import MASK, is_secret_name, redact
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.validation.plan_file import Expect, HttpAction, LogsAction, Step, StatusCheck, WaitAction, load_plan
+from agentloop.validation.plan_file import (
+    Expect,
+    HttpAction,
+    LogsAction,
+    StatusCheck,
+    Step,
+    WaitAction,
+    load_plan,
+)
 from agentloop.validation.suites import safe_name
 
 log = logging.getLogger(__name__)
