@@ -39,6 +39,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
