@@ -254,6 +254,9 @@ def batch(
         finished = batches.BatchExecutor(record, root_runs, runner, render=view,
                                          poll=1.0 if executor == "kubernetes" else 0.3).run()
     finally:
+        if backend is not None:
+            # runs killed by a second Ctrl-C (or crashed) leave forks behind: collect them now
+            backend.gc()
         if started_baseline and backend is not None:
             backend.baseline_down()
     view.summary(finished)

@@ -140,3 +140,58 @@ def test_ctrl_c_stops_every_run_cleanly_and_resume_finishes_the_batch(make_repo:
     assert [item["status"] for item in record["items"]] == ["published", "published"]
     assert len(_pulls(repo)) == 2 and record["totals"]["resolved"] == 2
     assert _backend(repo).list() == []
+
+
+def test_a_second_ctrl_c_stops_at_once_and_resume_still_finishes(make_repo: MakeRepo, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"})
+    # a service slow to stop (it ignores SIGTERM): a clean stop of each run takes the sandbox's grace period
+    app = repo / "web" / "app.py"
+    app.write_text("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + app.read_text())
+    (repo / "tests" / "conftest.py").write_text(f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a slow-to-stop service and a suite that waits while the test holds it")
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    write_cassette(cassettes / "1.json", [[create("tests/test_hello.py", web_test("test_hello", {"/hello": "hello"})),
+                                           replace("web/app.py", 'b"hi"', 'b"hello"')]])
+    write_cassette(cassettes / "2.json", [[create("tests/test_bye.py", web_test("test_bye", {"/bye": "goodbye"})),
+                                           replace("web/app.py", 'b"bye?"', 'b"goodbye"')]])
+    proc = start_loop(repo, "batch", "1", "2", "--model", f"replay:{cassettes}/{{issue}}.json")
+    try:
+        from batchtest import wait_until
+
+        wait_until(lambda: len(_validating(repo)) == 2, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(1.0)  # the runs are still removing their slow forks
+        os.kill(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        hold.unlink()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    assert proc.returncode == 130, output
+    record = batch_record(repo)
+    listed = {run["id"]: run["status"] for run in json.loads(loop(repo, "runs", "--json").stdout)}
+    for item in record["items"]:
+        pid = json.loads((repo / ".loop" / "runs" / item["run_id"] / "run.json").read_text())["pid"]
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, "the second Ctrl-C kills every run at once"
+        assert listed[item["run_id"]] == "interrupted"
+    # the batch collected what the killed runs left behind
+    assert _backend(repo).gc() == [] and _backend(repo).list() == []
+
+    resumed = loop(repo, "batch", "--resume", record["id"], timeout=180)
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [item["status"] for item in batch_record(repo)["items"]] == ["published", "published"]
+    assert _backend(repo).list() == [], "the resumed runs took their sandboxes over and removed them"
