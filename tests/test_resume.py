@@ -41,6 +41,19 @@ def _hold_conftest(hold: Path) -> str:
     return f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.1)\n"
 
 
+def _processes_in(directory: Path) -> list[int]:
+    """Processes whose working directory is `directory` (a suite the run started there)."""
+    found = []
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            try:
+                if Path(os.readlink(proc_dir / "cwd")) == directory:
+                    found.append(int(proc_dir.name))
+            except OSError:
+                continue
+    return found
+
+
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180, check=False)
 
@@ -89,9 +102,12 @@ def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRep
     run_id = _wait_for_event(repo, "validate", proc)
     os.kill(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
+    worktree = (repo / ".git" / "loop" / "worktrees" / run_id).resolve()
+    left = _processes_in(worktree)
     hold.unlink()
     assert proc.returncode == 130, output
     assert "loop resume" in output
+    assert left == [], "the waiting suite was stopped with the run"
 
     from agentloop.config import load_config
     from agentloop.sandbox.factory import open_backend

@@ -158,6 +158,10 @@ def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> 
         _kill_group(proc)
         raw, _ = proc.communicate()
         timed_out = True
+    except BaseException:  # Ctrl-C, a stop request: the runner's children must not outlive the run
+        _kill_group(proc)
+        proc.wait()
+        raise
     return _Outcome(
         exit_code=None if timed_out else proc.returncode,
         output=raw.decode("utf-8", errors="replace"),
