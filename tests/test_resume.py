@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from looptest import MakeRepo, bash, create, git, replace, write_cassette
 from test_graph import CALC_FILES, TEST_ADD, WEB_APP, WEB_TEST
 
@@ -89,7 +90,10 @@ def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp
     assert again.returncode == 2 and "already published" in again.stderr
 
 
-def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRepo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(
+    make_repo: MakeRepo, tmp_path: Path, stop: signal.Signals
+) -> None:
     hold = tmp_path / "hold"
     hold.write_text("")
     repo = make_repo(
@@ -100,7 +104,7 @@ def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(make_repo: MakeRep
     cassette = write_cassette(tmp_path / "c.json", [[create("tests/test_web.py", WEB_TEST), replace("web/app.py", 'b"hi"', 'b"hello"')]])
     proc = _start(repo, "fix", "2", "--model", f"replay:{cassette}")
     run_id = _wait_for_event(repo, "validate", proc)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, stop)
     output, _ = proc.communicate(timeout=60)
     worktree = (repo / ".git" / "loop" / "worktrees" / run_id).resolve()
     left = _processes_in(worktree)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -290,7 +291,17 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (systemd, a Kubernetes pod, `kill`) stops a run as cleanly as Ctrl-C does."""
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> Any:
+    _stop_on_sigterm()
     logging.basicConfig(level=os.environ.get("LOOP_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
         return app(args=argv, standalone_mode=True)
