@@ -94,3 +94,28 @@ def test_issue_reference_forms(ref: str) -> None:
     from agentloop.runner import parse_issue_ref
 
     assert parse_issue_ref(ref) == 1
+
+
+def test_a_repository_with_no_commits(tmp_path: Path) -> None:
+    import subprocess as sp
+
+    sp.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    (tmp_path / "loop.yaml").write_text("services: {}\n")
+    sp.run(["git", "add", "loop.yaml"], cwd=tmp_path, check=True)
+    assert_one_line_error(loop("fix", "1", cwd=tmp_path), "no commits yet")
+
+
+def test_resume_refuses_a_run_that_is_still_running(make_repo: MakeRepo) -> None:
+    import subprocess as sp
+
+    from agentloop.runs import RunRecord, RunSummary
+
+    repo = make_repo({}, CONFIG)
+    holder = sp.Popen(["sleep", "30"])
+    try:
+        RunRecord(repo / ".loop" / "runs", "r-busy").save_summary(
+            RunSummary(id="r-busy", issue=1, repo=str(repo), status="running", pid=holder.pid))
+        assert_one_line_error(loop("resume", "r-busy", cwd=repo), "still running", str(holder.pid))
+    finally:
+        holder.kill()
+        holder.wait()

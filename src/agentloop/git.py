@@ -18,6 +18,8 @@ def open_repo(path: Path) -> git.Repo:
 
 def ensure_clean(repo: git.Repo) -> None:
     """Refuse a dirty checkout: the run's base must be a commit the user can see."""
+    if not repo.head.is_valid():
+        raise RepoError(f"{repo.working_tree_dir}: no commits yet; commit your code first")
     if repo.is_dirty(untracked_files=False):
         diffs = [*repo.index.diff(None), *repo.index.diff("HEAD")]
         changed = [item.a_path for item in diffs if item.a_path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,12 +30,13 @@ from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
 from agentloop.paths import repo_root, runs_dir
 from agentloop.records import Issue, PullRequest, Usage
-from agentloop.runs import RunRecord, RunSummary, new_run_id, open_run
+from agentloop.runs import RunRecord, RunSummary, list_runs, new_run_id, open_run, process_alive
 from agentloop.runstore import database_url, postgres_checkpointer
 from agentloop.state import RunState, RunStatus
 
 log = logging.getLogger(__name__)
 
+INITIAL_STATE = "initial-state.json"
 _ISSUE_REF = re.compile(r"^(?:issue-|#)?(\d+)$|/issues/(\d+)/?(?:[?#].*)?$")
 
 
@@ -85,7 +87,7 @@ def fix(
     if max_iterations is not None:
         config.agent.max_iterations = max_iterations
     git.ensure_clean(git.open_repo(root))
-    git.resolve_base(git.open_repo(root), config.base_branch)
+    base_commit = git.resolve_base(git.open_repo(root), config.base_branch)
     forge = forge or open_forge(root, config)
     the_issue = _load_issue(forge, issue, issue_file)
     chosen_model = resolve_model(model, config).replace("{issue}", str(the_issue.number))
@@ -103,6 +105,7 @@ def fix(
         RunSummary(
             id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
             pid=os.getpid(), record_cassette=str(record_cassette) if record_cassette else None,
+            review=review, max_iterations=max_iterations, keep_sandbox=keep_sandbox,
         )
     )
     ctx = RunContext(
@@ -113,8 +116,10 @@ def fix(
     initial: RunState = {
         "run_id": run_id, "repo": str(root), "issue": the_issue.model_dump(mode="json"), "model": chosen_model,
         "started_at": time.time(), "usage": Usage().model_dump(mode="json"), "status": "running",
-        "attempts": [], "sandbox": None, "budget_spent": None, "pull_request": None,
+        "attempts": [], "sandbox": None, "budget_spent": None, "pull_request": None, "base_commit": base_commit,
     }
+    # kept beside the checkpoints, so a run stopped before its first checkpoint can still be resumed
+    record.write_text(INITIAL_STATE, json.dumps(initial))
     return _drive(ctx, initial, review=review, manage_baseline=manage_baseline)
 
 
@@ -135,15 +140,22 @@ def resume(
     summary = record.summary()
     if summary.status == "published":
         raise RunNotFound(f"run {run_id} is already published ({summary.pull_request}); nothing to resume")
+    if summary.status == "running" and summary.pid not in (None, os.getpid()) and process_alive(summary.pid):
+        raise RunNotFound(f"run {run_id} is still running (pid {summary.pid}); stop it first (Ctrl-C or kill)")
     config = load_config(root)
+    if summary.max_iterations is not None:
+        config.agent.max_iterations = summary.max_iterations
     ctx = RunContext(
         repo=root, run_id=run_id, config=config, record=record, forge=forge or open_forge(root, config),
-        model=summary.model, cancel=cancel or threading.Event(),
+        model=summary.model, cancel=cancel or threading.Event(), keep_sandbox=summary.keep_sandbox,
         record_cassette=Path(summary.record_cassette) if summary.record_cassette else None,
     )
+    review = review or summary.review
     ctx.progress = _tracking(record, progress)
     record.update_summary(status="running", pid=os.getpid(), ended_at=None, message="resumed")
-    return _drive(ctx, None, review=review, manage_baseline=manage_baseline)
+    initial_path = record.dir / INITIAL_STATE
+    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
+    return _drive(ctx, initial, review=review, manage_baseline=manage_baseline, resuming=True)
 
 
 def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue:
@@ -171,7 +183,9 @@ def _checkpointer(record: RunRecord) -> Iterator[BaseCheckpointSaver[Any]]:
         conn.close()
 
 
-def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool) -> RunOutcome:
+def _drive(
+    ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool, resuming: bool = False
+) -> RunOutcome:
     config: RunnableConfig = {
         "configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations,
     }
@@ -186,6 +200,8 @@ def _drive(ctx: RunContext, initial: RunState | None, *, review: bool, manage_ba
             ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started_baseline else "up")
         with _checkpointer(ctx.record) as saver:
             graph = build_graph(saver, review=review)
+            if resuming and graph.get_state(config).values:
+                initial = None  # continue from the last checkpoint
             graph.invoke(initial, config, context=ctx)
             snapshot = graph.get_state(config)
             state = dict(snapshot.values)
@@ -217,11 +233,18 @@ def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> N
     try:
         if remove_sandbox and ctx.backend.get(ctx.run_id) is not None:
             ctx.backend.remove(ctx.run_id)
-        if stop_baseline and not ctx.backend.list():
-            # other runs may have made sandboxes on the baseline this run started; leave it up for them
+        if stop_baseline and not ctx.backend.list() and not _other_runs_alive(ctx):
             ctx.backend.baseline_down()
-    except Exception:  # cleanup must not hide the run's own outcome; `loop sandbox gc` finishes it
-        log.warning("cleanup of run %s failed; run `loop sandbox gc`", ctx.run_id, exc_info=True)
+    except BaseException:  # a second Ctrl-C, or a failure: the run's outcome is still recorded; gc finishes
+        log.warning("cleanup of run %s did not finish; run `loop sandbox gc`", ctx.run_id, exc_info=True)
+
+
+def _other_runs_alive(ctx: RunContext) -> bool:
+    """Another `loop` run of this repository still going: it may need the baseline this run started."""
+    return any(
+        s.id != ctx.run_id and s.status == "running" and s.pid and process_alive(s.pid)
+        for s in list_runs(ctx.record.dir.parent)
+    )
 
 
 def _tracking(record: RunRecord, progress: ProgressCallback | None) -> ProgressCallback:

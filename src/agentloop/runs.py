@@ -44,6 +44,10 @@ class RunSummary(BaseModel):
     message: str = ""
     pid: int | None = None
     record_cassette: str | None = None
+    # options a resumed run keeps
+    review: bool = False
+    max_iterations: int | None = None
+    keep_sandbox: bool = False
 
     @property
     def duration(self) -> float:
@@ -145,12 +149,12 @@ def list_runs(root: Path) -> list[RunSummary]:
 
 def _with_liveness(summary: RunSummary) -> RunSummary:
     """A run whose process died (SIGKILL) without saying so is shown as interrupted: resumable."""
-    if summary.status == "running" and summary.pid and not _alive(summary.pid):
+    if summary.status == "running" and summary.pid and not process_alive(summary.pid):
         return summary.model_copy(update={"status": "interrupted", "message": "process gone; loop resume"})
     return summary
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -4,6 +4,7 @@ branch in the repository plus a record (`<state>/pulls/<n>.json` and its body) o
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -40,7 +41,10 @@ class LocalForge:
 
     def find_pull_request(self, branch: str) -> PullRequest | None:
         for path in sorted(self._pulls.glob("*.json")) if self._pulls.exists() else []:
-            pull = PullRequest.model_validate_json(path.read_text(encoding="utf-8"))
+            try:
+                pull = PullRequest.model_validate_json(path.read_text(encoding="utf-8"))
+            except ValueError:  # a number just claimed by another run, not written yet
+                continue
             if pull.branch == branch:
                 return pull
         return None
@@ -51,21 +55,38 @@ class LocalForge:
         from agentloop.git import head
 
         existing = self.find_pull_request(branch)
-        self._pulls.mkdir(parents=True, exist_ok=True)
-        number = existing.number if existing and existing.number else len(list(self._pulls.glob("*.json"))) + 1
+        number = existing.number if existing and existing.number else self._claim_number()
         body_path = self._pulls / f"{number}.md"
-        body_path.write_text(body, encoding="utf-8")
+        _write_atomically(body_path, body)
         pull = PullRequest(
             number=number, url=body_path.as_uri(), branch=branch, head_commit=head(worktree), draft=draft, title=title
         )
-        (self._pulls / f"{number}.json").write_text(pull.model_dump_json(indent=2), encoding="utf-8")
+        _write_atomically(self._pulls / f"{number}.json", pull.model_dump_json(indent=2))
         return pull
+
+    def _claim_number(self) -> int:
+        """The next pull request number, claimed atomically so that parallel runs never share one."""
+        self._pulls.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.stem) for p in self._pulls.glob("*.json") if p.stem.isdigit()]
+        number = max(taken, default=0) + 1
+        while True:
+            try:
+                os.close(os.open(self._pulls / f"{number}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return number
+            except FileExistsError:
+                number += 1
 
     def comment(self, issue: Issue, body: str) -> None:
         self._comments.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with (self._comments / f"{issue.number}.md").open("a", encoding="utf-8") as handle:
             handle.write(f"--- {stamp}\n{body}\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def parse_issue_file(path: Path, number: int) -> Issue:

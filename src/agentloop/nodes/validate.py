@@ -9,7 +9,7 @@ from typing import Any
 from agentloop.context import RunContext
 from agentloop.nodes._common import update_attempt
 from agentloop.nodes.deploy import ensure_sandbox
-from agentloop.records import SandboxInfo
+from agentloop.records import SandboxInfo, Verdict
 from agentloop.state import RunState
 from agentloop.validation import run_validation
 
@@ -21,6 +21,11 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         if state.get("sandbox") is None or ctx.backend.get(ctx.run_id) is None:
             # The sandbox went away (Ctrl-C, gc) between deploy and here: make it again before testing.
             redeploy = ensure_sandbox(state, ctx)
+            if not redeploy.ok:  # report it as the deploy failure it is, with the fork's log tail
+                failed = Verdict(passed=False, reasons=[f"the sandbox could not be made again: {redeploy.error}"])
+                deploy = redeploy.model_dump(mode="json")
+                return {"deploy": deploy, "verdict": failed.model_dump(mode="json"),
+                        "attempts": update_attempt(state, deploy=deploy, verdict=failed.model_dump(mode="json"))}
             if redeploy.sandbox is not None:
                 update["sandbox"] = redeploy.sandbox.model_dump(mode="json")
         sandbox = SandboxInfo.model_validate(update.get("sandbox") or state["sandbox"])

@@ -26,7 +26,7 @@ from junitparser.junitparser import JUnitXmlError
 
 from agentloop.config import SuiteConfig
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
-from agentloop.redact import redact
+from agentloop.redact import redact, scrubbed_env
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,11 @@ BASELINE_SANDBOX_NAME = "baseline"
 def suite_env(sandbox: SandboxInfo | None, *, baseline: bool = False) -> dict[str, str]:
     """The environment a suite runs in. On the baseline the same service URLs are given without the
     route key, so the router sends every request to the baseline."""
-    env = dict(os.environ)
+    # The suites run code the agent wrote: no key or token of loop's is in their reach.
+    env = scrubbed_env()
+    # Caches written into the worktree would end up in the pull request.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider").strip()
     # `pytest` and `python` must resolve to the environment loop runs in (Debian has no `python`).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if sandbox is None:
@@ -105,6 +109,7 @@ def run_suite(
     tests = _read_report(report, secrets) if report.is_file() else None
     if report.is_file() and report.parent != out_dir:
         (out_dir / f"{safe_name(label)}.xml").write_bytes(report.read_bytes())
+        report.unlink()  # a report left in the worktree would be committed with the change
     if tests is None:
         tests = [_whole_suite_result(suite, outcome, result.output_tail)]
         if outcome.exit_code != 0 and result.error is None:
