@@ -155,3 +155,6 @@ def test_sigkill_in_the_middle_of_a_second_edit_redoes_only_that_edit(make_repo:
     assert "def test_add" in git(repo, "show", f"{branch}:tests/test_add.py"), "the first edit was kept"
     events = [json.loads(l) for l in (repo / ".loop" / "runs" / run_id / "events.jsonl").read_text().splitlines()]
     assert [e["iteration"] for e in events if e["node"] == "edit" and e["event"] == "end"] == [1, 2]
+    # every call is 1000 + 100 tokens: 6 calls without the kill; what the killed attempt spent still counts
+    tokens = json.loads((repo / ".loop" / "runs" / run_id / "run.json").read_text())["tokens"]
+    assert tokens >= 7 * 1100

@@ -21,8 +21,12 @@ from agentloop.state import RunState
 def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     worktree = Path(state["worktree"])
     iteration = state.get("iteration", 1)
-    _restart_cleanly(worktree, ctx.record.iteration_dir(iteration) / "pre-edit.tree")
-    usage_before = usage_of(state)
+    folder = ctx.record.iteration_dir(iteration)
+    _restart_cleanly(worktree, folder / "pre-edit.tree")
+    # what an interrupted attempt at this edit already spent still counts against the budget; its calls
+    # do not (the replay cursor follows `calls`, and the redone edit makes them again)
+    spent_before = _interrupted_spend(folder / INTERRUPTED_SPEND)
+    usage_before = usage_of(state) + spent_before
     diagnosis = Diagnosis.model_validate(state.get("diagnosis") or {})
     task = EditTask(
         run_id=ctx.run_id,
@@ -40,6 +44,8 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     )
 
     def on_usage(turn_usage: Usage) -> None:
+        so_far = spent_before + turn_usage.model_copy(update={"calls": 0})
+        (folder / INTERRUPTED_SPEND).write_text(so_far.model_dump_json(), encoding="utf-8")
         total = usage_before + turn_usage
         ctx.emit(kind="usage", node="edit", iteration=iteration, cost_usd=total.cost_usd, tokens=total.total_tokens)
 
@@ -57,6 +63,15 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         "attempts": update_attempt(state, edit=result.model_dump(mode="json"), changed_files=changed),
         "budget_spent": spent,
     }
+
+
+INTERRUPTED_SPEND = "edit-spend.json"
+
+
+def _interrupted_spend(path: Path) -> Usage:
+    if not path.exists():
+        return Usage()
+    return Usage.model_validate_json(path.read_text(encoding="utf-8")).model_copy(update={"calls": 0})
 
 
 def _deadline(state: RunState, ctx: RunContext) -> float | None:
