@@ -1,9 +1,10 @@
-"""The loop as a LangGraph Studio / Server entry point (see langgraph.json).
+"""The loop as a LangGraph Server / Studio entry point (see langgraph.json): `langgraph dev` serves it.
 
-The server supplies its own checkpointer; a run needs a `RunContext` (repository, config, backends),
-which `agentloop.runner` builds -- Studio shows and steps through the same graph the CLI runs.
+The same nodes and edges the CLI runs, between a `start` node that builds the run from the run's context
+(`repo`, `issue`, `model`, `max_iterations`; all optional: by default a fresh copy of examples/shop and its
+scripted cassette) and a `finish` node that stops what the run started. See `agentloop.studio`.
 """
 
-from agentloop.graph import build_graph
+from agentloop.studio import build_server_graph
 
-graph = build_graph()
+graph = build_server_graph()

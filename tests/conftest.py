@@ -13,6 +13,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from looptest import GIT_ENV, MakeRepo, git
 
+from agentloop.config import PolicyConfig
+from agentloop.confine import Confinement
+
+_BWRAP_USABLE = Confinement(PolicyConfig()).confined
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,6 +27,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     for name, value in GIT_ENV.items():
         monkeypatch.setenv(name, value)
+    if _BWRAP_USABLE:
+        monkeypatch.delenv("LOOP_ALLOW_UNCONFINED", raising=False)
+    else:  # the confinement tests skip; the rest run unconfined, as a user who opted in would
+        monkeypatch.setenv("LOOP_ALLOW_UNCONFINED", "1")
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_dirty_worktree_is_refused_and_left_alone(make_repo: MakeRepo) -> None:
 
 def test_missing_api_key_for_a_claude_model(make_repo: MakeRepo) -> None:
     repo = make_repo({".loop/issues/1.md": "# t\n"}, CONFIG)
-    assert_one_line_error(loop("fix", "1", "--model", "claude-sonnet-4-5", cwd=repo), "ANTHROPIC_API_KEY")
+    assert_one_line_error(loop("fix", "1", "--model", "claude-sonnet-5-5", cwd=repo), "ANTHROPIC_API_KEY")
 
 
 def test_unknown_run_id(make_repo: MakeRepo) -> None:

@@ -37,6 +37,15 @@ def _wait_for_event(
     raise AssertionError(f"{node} never started")
 
 
+def _hold_file(tmp_path: Path) -> Path:
+    """A file whose directory the jails may read (`policy.readable`): confined code sees it go."""
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "hold"
+    hold.write_text("")
+    return hold
+
+
 def _hold_conftest(hold: Path) -> str:
     """A conftest that makes the suite wait while `hold` exists: a window to kill the run in validate."""
     return f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.1)\n"
@@ -60,11 +69,11 @@ def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp_path: Path) -> None:
-    hold = tmp_path / "hold"
-    hold.write_text("")
+    hold = _hold_file(tmp_path)
     repo = make_repo({**CALC_FILES, "tests/conftest.py": _hold_conftest(hold)}, {
         "services": {},
         "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],
+        "policy": {"readable": [str(hold.parent)]},
     })
     cassette = write_cassette(tmp_path / "c.json", [[TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a + b\n\n\ndef sub")]])
     proc = _start(repo, "fix", "1", "--model", f"replay:{cassette}")
@@ -94,12 +103,12 @@ def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp
 def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(
     make_repo: MakeRepo, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    hold = tmp_path / "hold"
-    hold.write_text("")
+    hold = _hold_file(tmp_path)
     repo = make_repo(
         {"web/app.py": WEB_APP, ".loop/issues/2.md": "# /hello should say hello\n", "tests/conftest.py": _hold_conftest(hold)},
         {"services": {"web": {"path": "web", "run": "python3 web/app.py --port {port}"}},
-         "validate": [{"suite": "integration", "sandbox": True, "run": "python3 -m pytest -q tests"}]},
+         "validate": [{"suite": "integration", "sandbox": True, "run": "python3 -m pytest -q tests"}],
+         "policy": {"readable": [str(hold.parent)]}},
     )
     cassette = write_cassette(tmp_path / "c.json", [[create("tests/test_web.py", WEB_TEST), replace("web/app.py", 'b"hi"', 'b"hello"')]])
     proc = _start(repo, "fix", "2", "--model", f"replay:{cassette}")
@@ -127,9 +136,9 @@ def test_ctrl_c_stops_cleanly_removes_the_sandbox_and_resumes(
 
 
 def test_sigkill_in_the_middle_of_a_second_edit_redoes_only_that_edit(make_repo: MakeRepo, tmp_path: Path) -> None:
-    repo = make_repo(CALC_FILES, {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]})
-    hold = repo / ".git" / "hold"  # inside the git dir: visible (read-only) to the agent's confined shell
-    hold.write_text("")
+    hold = _hold_file(tmp_path)
+    repo = make_repo(CALC_FILES, {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],
+                                  "policy": {"readable": [str(hold.parent)]}})
     cassette = write_cassette(tmp_path / "c.json", [
         [TEST_ADD, replace("calc.py", "return a - b\n\n\ndef sub", "return a * b\n\n\ndef sub")],
         # the second edit changes a file, then is killed while a command runs: half an edit on disk

@@ -18,12 +18,12 @@ def test_rerun_validates_the_head_commit_again_and_cleans_up(make_repo: MakeRepo
         {"calc.py": "def add(a, b):\n    return a - b\n"},
         {"services": {}, "validate": [{"suite": "unit", "run": "python -m pytest -q -p no:cacheprovider tests"}]},
     )
-    base = git.head(repo)
+    base = git.head(git.Worktree(repo, repo))
     git.open_repo(repo).git.checkout("-q", "-b", "loop/1-r-2")
     (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     (repo / "tests").mkdir()
     (repo / "tests" / "test_add.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n")
-    head = git.commit_all(repo, "Fix #1")
+    head = git.commit_all(git.Worktree(repo, repo), "Fix #1")
     git.open_repo(repo).git.checkout("-q", "main")
     run_dir = repo.parent / "runs" / "r-2"
     run_dir.mkdir(parents=True)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from agentloop.errors import LoopError, RunNotFound
 from agentloop.executors.base import Executor, RunHandle
+from agentloop.inputs import read_text
 from agentloop.runs import new_run_id
 
 FINAL = ("published", "failed", "error")
@@ -94,7 +95,8 @@ def load(runs_root: Path, batch_id: str) -> BatchRecord:
 def read_issue_list(path: Path) -> list[str]:
     if not path.is_file():
         raise LoopError(f"--from {path}: no such file; give one issue reference per line")
-    lines = [line.split("#", 1)[0].strip() if not line.strip().startswith("#") else "" for line in path.read_text().splitlines()]
+    text = read_text(path, what="issue list", error=LoopError)
+    lines = [line.split("#", 1)[0].strip() if not line.strip().startswith("#") else "" for line in text.splitlines()]
     refs = [line for line in lines if line]
     if not refs:
         raise LoopError(f"--from {path}: no issue references in it (one per line, `#` starts a comment)")

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agentloop.errors import LoopError
+from agentloop.config import DEFAULT_MODEL
+from agentloop.errors import ConfigError, LoopError
 from agentloop.paths import repo_root, runs_dir
 from agentloop.runs import list_runs, open_run
 
@@ -41,11 +42,30 @@ err = Console(stderr=True, highlight=False)
 
 RepoOption = Annotated[Path, typer.Option("--repo", help="The target repository (default: the current directory).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+UnconfinedOption = Annotated[bool, typer.Option(
+    "--allow-unconfined",
+    help="Where bubblewrap is not usable, run agent-written code without a jail (the evidence says so).",
+)]
+
+
+def _allow_unconfined(allowed: bool) -> None:
+    """The opt-in reaches this process and every process it starts (batch runs, services)."""
+    if allowed:
+        os.environ["LOOP_ALLOW_UNCONFINED"] = "1"
 EXIT_FOR_STATUS = {"published": 0, "failed": 1, "error": 3, "interrupted": 130, "running": 0}
 
 
 def print_error(message: str) -> None:
-    err.print(Text("error: ", style="red") + Text(message))
+    """One line, however long the message or narrow the terminal (scripts read the first line)."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(Text("error: ", style="red") + Text(line), soft_wrap=True)
+
+
+def _model_flag(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ConfigError(f"--model is empty; give a Claude model id (e.g. {DEFAULT_MODEL}) or replay:FILE, "
+                          "or leave --model out to use loop.yaml's agent.model")
+    return value
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -59,8 +79,8 @@ def _finish(outcome: RunOutcome) -> NoReturn:
     if outcome.pull_request:
         kind = "draft pull request" if outcome.pull_request.draft else "pull request"
         err.print(f"{kind}: {outcome.pull_request.url}  (branch {outcome.pull_request.branch})")
-    if outcome.message:
-        err.print(outcome.message)
+    if outcome.message:  # one line, however long, and never read as markup (paths, `[REDACTED]`)
+        err.print(Text(outcome.message), soft_wrap=True)
     raise typer.Exit(EXIT_FOR_STATUS[outcome.status])
 
 
@@ -68,17 +88,21 @@ def _finish(outcome: RunOutcome) -> NoReturn:
 def fix(
     issue: Annotated[str | None, typer.Argument(help="issue-123, #123, 123 or an issue URL.")] = None,
     issue_file: Annotated[Path | None, typer.Option("--issue-file", help="Read the issue from a text file.")] = None,
-    model: Annotated[str | None, typer.Option(help="Claude model id, or replay:FILE to replay a cassette.")] = None,
+    model: Annotated[str | None, typer.Option(help="Claude model id, or replay:FILE to replay a cassette.",
+                                              callback=_model_flag)] = None,
     record: Annotated[Path | None, typer.Option("--record", help="Write a cassette of the model's answers.")] = None,
     max_iterations: Annotated[int | None, typer.Option(min=1, help="Override agent.max_iterations.")] = None,
     review: Annotated[bool, typer.Option(help="Pause before publishing until `loop resume`.")] = False,
     keep_sandbox: Annotated[bool, typer.Option(help="Leave the sandbox up (until its TTL) after the run.")] = False,
     repo: RepoOption = Path("."),
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True, help="Use this run id (batch).")] = None,
+    allow_unconfined: UnconfinedOption = False,
 ) -> None:
     """Resolve one issue: a run from the issue to a validated pull request."""
     from agentloop.display import LiveDisplay
     from agentloop.runner import fix as run_fix
+
+    _allow_unconfined(allow_unconfined)
 
     outcome = run_fix(
         repo, issue, issue_file=issue_file, model=model, record_cassette=record, max_iterations=max_iterations,
@@ -92,10 +116,13 @@ def resume(
     run: Annotated[str, typer.Argument(help="The run id (see `loop runs`).")],
     review: Annotated[bool, typer.Option(help="Pause again before publishing.")] = False,
     repo: RepoOption = Path("."),
+    allow_unconfined: UnconfinedOption = False,
 ) -> None:
     """Continue a killed or interrupted run from its last checkpoint."""
     from agentloop.display import LiveDisplay
     from agentloop.runner import resume as run_resume
+
+    _allow_unconfined(allow_unconfined)
 
     _finish(run_resume(repo, run, review=review, progress=LiveDisplay(err)))
 
@@ -116,7 +143,7 @@ def _short_pull(url: str | None) -> str:
 @app.command("runs")
 def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> None:
     """List runs: id, issue, status, iterations, pull request, started, duration, cost."""
-    summaries = list_runs(runs_dir(repo_root(repo)))
+    summaries = list_runs(runs_dir(repo_root(repo)), strict=True)
     if as_json:
         rows = [s.model_dump(mode="json") | {"duration": round(s.duration, 1)} for s in summaries]
         out.print_json(json.dumps(rows))
@@ -155,7 +182,8 @@ def verify(
     rerun: Annotated[bool, typer.Option(help="Validate the head commit again in a fresh sandbox.")] = False,
     repo: RepoOption = Path("."),
 ) -> None:
-    """Check a run's artifacts against their hashes and the head commit against the diff."""
+    """Check a run's artifacts against their hashes, report.md's numbers against them, the head commit
+    against the diff."""
     from agentloop.verify import rerun as do_rerun
     from agentloop.verify import verify_run
 
@@ -165,7 +193,8 @@ def verify(
     for line in differences:
         out.print(f"[red]✗[/red] {line}")
     if not differences:
-        out.print(f"[green]✓[/green] every artifact of {run} matches its hash; the head commit matches the diff")
+        out.print(f"[green]✓[/green] every artifact of {run} matches its hash, every number in its report.md "
+                  "matches the artifacts and evidence, and the head commit matches the diff")
     code = 1 if differences else 0
     if rerun:
         verdict = do_rerun(record.dir, root)
@@ -183,7 +212,8 @@ def batch(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many issues.")] = None,
     from_file: Annotated[Path | None, typer.Option("--from", help="A file with one issue reference per line.")] = None,
     parallel: Annotated[int, typer.Option(min=1, help="Runs at once.")] = 4,
-    model: Annotated[str | None, typer.Option(help="Model for every run; `{issue}` is replaced by the number.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model for every run; `{issue}` is replaced by the number.",
+                                              callback=_model_flag)] = None,
     resume_id: Annotated[str | None, typer.Option("--resume", help="Finish what is left of batch ID.")] = None,
     executor: Annotated[str, typer.Option(help="local (default): a process per run; kubernetes: a Job per run.")] = "local",
     image: Annotated[str | None, typer.Option(help="kubernetes: the loop image (default $LOOP_IMAGE).")] = None,
@@ -191,8 +221,10 @@ def batch(
     namespace: Annotated[str, typer.Option(help="kubernetes: the namespace of the Jobs.")] = "default",
     secret: Annotated[str, typer.Option(help="kubernetes: the Secret with the keys and LOOP_DATABASE_URL.")] = "loop-keys",
     repo: RepoOption = Path("."),
+    allow_unconfined: UnconfinedOption = False,
 ) -> None:
     """Run many issues in parallel on one shared baseline."""
+    _allow_unconfined(allow_unconfined)
     from agentloop import batch as batches
     from agentloop.batch_view import BatchView
     from agentloop.config import load_config
@@ -269,11 +301,15 @@ def batch(
 
 @app.command()
 def demo(
-    model: Annotated[str | None, typer.Option(help="A Claude model id to use a real model (needs ANTHROPIC_API_KEY).")] = None,
+    model: Annotated[str | None, typer.Option(help="A Claude model id to use a real model (needs ANTHROPIC_API_KEY).",
+                                              callback=_model_flag)] = None,
     directory: Annotated[Path | None, typer.Option("--dir", help="Where to create the demo repository.")] = None,
+    allow_unconfined: UnconfinedOption = False,
 ) -> None:
     """The whole loop on the bundled example system, to a published local pull request."""
     from agentloop.demo import run_demo
+
+    _allow_unconfined(allow_unconfined)
 
     _finish(run_demo(model=model, directory=directory, console=err))
 

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from agentloop import config_rules, git
 from agentloop.errors import ConfigError
+from agentloop.inputs import MAX_INPUT_BYTES, load_yaml, parse_yaml
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "loop.yaml"
 # A current model the SDK does not mark deprecated; `--model`, `loop.yaml` or LOOP_MODEL override it.
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-5-5"
+
+
+# A path inside the repository (relative, no `..`): services, databases, plans and reports live there.
+RepoPath = Annotated[str, AfterValidator(config_rules.repo_relative)]
 
 
 class _Strict(BaseModel):
@@ -24,11 +42,11 @@ class DatabaseConfig(_Strict):
     """A service's own SQLite file; each fork runs on its own copy (a branch) of it."""
 
     engine: Literal["sqlite"] = "sqlite"
-    path: str
+    path: RepoPath
 
 
 class ServiceConfig(_Strict):
-    path: str = Field(description="A change under this path (relative to the repo) forks this service.")
+    path: RepoPath = Field(description="A change under this path (relative to the repo) forks this service.")
     run: str = Field(description="Command that starts the service; `{port}` is the port to listen on.")
     health: str = "/healthz"
     env: dict[str, str] = Field(default_factory=dict)
@@ -41,16 +59,25 @@ class SuiteConfig(_Strict):
     suite: str
     run: str
     sandbox: bool = False
-    junit: str | None = Field(default=None, description="JUnit XML path for runners other than pytest.")
+    junit: RepoPath | None = Field(default=None, description="JUnit XML path for runners other than pytest.")
     timeout: float = Field(default=600.0, gt=0)
 
 
 class PlanRef(_Strict):
-    plan: str
+    plan: RepoPath
     name: str | None = None
 
 
-ValidateEntry = Annotated[SuiteConfig | PlanRef, Field(union_mode="left_to_right")]
+def _entry_kind(value: Any) -> str:
+    # Chosen by its key, so that a bad `plan:` entry is reported as a plan, not as a suite missing `run`.
+    if isinstance(value, PlanRef) or (isinstance(value, dict) and "plan" in value):
+        return "PlanRef"
+    return "SuiteConfig"
+
+
+ValidateEntry = Annotated[
+    Annotated[SuiteConfig, Tag("SuiteConfig")] | Annotated[PlanRef, Tag("PlanRef")], Discriminator(_entry_kind)
+]
 
 
 class Budget(_Strict):
@@ -66,6 +93,24 @@ class AgentConfig(_Strict):
     max_tokens: int = Field(default=8192, ge=256, description="Output tokens per model call.")
     budget: Budget = Field(default_factory=Budget)
 
+    @field_validator("model")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"is empty; name a Claude model (e.g. {DEFAULT_MODEL}) or leave `model` out")
+        return value
+
+
+class Limits(_Strict):
+    """Resource limits of every confined process tree (the agent's commands, suites, services)."""
+
+    processes: int = Field(default=512, ge=16, description="Processes and threads at once (RLIMIT_NPROC).")
+    file_size_mb: int = Field(default=1024, ge=1, description="Largest file one process may write (RLIMIT_FSIZE).")
+    memory_mb: int = Field(default=8192, ge=64, description="Address space of one process (RLIMIT_AS).")
+    tmp_mb: int = Field(default=512, ge=1, description="Size of the private /tmp (a tmpfs in memory).")
+    disk_mb: int = Field(default=2048, ge=1, description="How much a command may grow the worktree's disk usage.")
+    output_mb: int = Field(default=16, ge=1, description="Output kept from one suite or command (its head and tail).")
+
 
 class PolicyConfig(_Strict):
     commands: list[str] = Field(default_factory=lambda: ["*"], description="Glob patterns allowed.")
@@ -73,6 +118,19 @@ class PolicyConfig(_Strict):
     network: bool = False
     command_timeout: float = Field(default=120.0, gt=0)
     output_limit: int = Field(default=20_000, ge=1000)
+    limits: Limits = Field(default_factory=Limits)
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables whose values are secrets, beyond the secret-looking names.",
+    )
+    readable: list[str] = Field(
+        default_factory=list,
+        description="Extra host directories confined code may read (toolchains outside /usr and PATH).",
+    )
+    allow_unconfined: bool = Field(
+        default=False,
+        description="Run agent-written code without bubblewrap when it is not usable (never the default).",
+    )
 
 
 class ForgeConfig(_Strict):
@@ -92,7 +150,8 @@ class ForgeConfig(_Strict):
 class SandboxConfig(_Strict):
     backend: Literal["local", "kubernetes"] = "local"
     ttl: float = Field(default=7200.0, gt=0, description="Seconds before `gc` removes a sandbox.")
-    route_header: str = Field(default="x-loop-route", description="The project's own route-key header.")
+    route_header: Annotated[str, AfterValidator(config_rules.header_name)] = Field(
+        default="x-loop-route", description="The project's own route-key header.")
     kubernetes: dict[str, Any] | None = None
 
 
@@ -114,6 +173,7 @@ class LoopConfig(_Strict):
             for dep in service.depends_on:
                 if dep not in self.services:
                     raise ValueError(f"services.{name}.depends_on names unknown service {dep!r}")
+        config_rules.check_placeholders(self.services)
         return self
 
     @property
@@ -141,12 +201,34 @@ def parse_config(data: Any, source: Path) -> LoopConfig:
     """Validate already-parsed YAML; raise ConfigError naming `source` and the first bad field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with at least `services:`; see README 'loop.yaml'")
+    if data.get("services") is None:
+        state = "is empty" if "services" in data else "is missing"
+        raise ConfigError(f"{source}: field `services` {state}; list the services, or write `services: {{}}` "
+                          "for a repository without any (see README 'loop.yaml')")
     try:
         return LoopConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = _field_path(tuple(first["loc"]))
-        raise ConfigError(f"{source}: field `{field}`: {first['msg']} (see README 'loop.yaml')") from None
+        first = exc.errors(include_url=False, include_input=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        where = f"field `{_field_path(tuple(first['loc']))}`: " if first["loc"] else ""
+        raise ConfigError(f"{source}: {where}{message} (see README 'loop.yaml')") from None
+
+
+def load_config_at(repo: Path, commit: str, checkout: LoopConfig) -> LoopConfig:
+    """The loop.yaml committed at `commit` (a run's base: what it is validated with, out of the agent's
+    reach); `checkout`, the user's own, when that commit has none or the same text."""
+    shown = git.command(["show", f"{commit}:{CONFIG_FILE}"], cwd=repo, check=False)
+    if shown.returncode != 0:
+        log.warning("%s: the base commit %s has no %s; using the checkout's", repo, commit[:12], CONFIG_FILE)
+        return checkout
+    path = repo / CONFIG_FILE
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == shown.stdout:
+        return checkout
+    source = Path(f"{path} (at the base commit {commit[:12]})")
+    if len(shown.stdout.encode()) > MAX_INPUT_BYTES:
+        raise ConfigError(f"{source}: more than the {MAX_INPUT_BYTES // 1024} KiB a loop.yaml may have; shorten it")
+    log.info("using %s as committed at the base commit %s (the checkout's differs)", CONFIG_FILE, commit[:12])
+    return parse_config(parse_yaml(shown.stdout, source=str(source)), source)
 
 
 def load_config(repo: Path) -> LoopConfig:
@@ -154,10 +236,6 @@ def load_config(repo: Path) -> LoopConfig:
     path = repo / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: not found; create a loop.yaml (see README 'loop.yaml') or cd to your repo")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, path)
+    config = parse_config(load_yaml(path, what="loop.yaml"), path)
+    config_rules.check_plan_files(config, repo)
+    return config

@@ -14,6 +14,7 @@ from typing import Any
 from agentloop.agent.base import Coder
 from agentloop.config import LoopConfig
 from agentloop.forge.base import Forge
+from agentloop.redact import Redactor
 from agentloop.runs import RunRecord
 from agentloop.sandbox.base import SandboxBackend
 
@@ -28,6 +29,8 @@ class RunContext:
     record: RunRecord
     forge: Forge
     model: str
+    # the run's known secrets and secret patterns, masked in all the model is sent and all that is recorded
+    redactor: Redactor = field(default_factory=Redactor.from_environment)
     record_cassette: Path | None = None
     progress: ProgressCallback | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -61,6 +64,7 @@ class RunContext:
                     config=self.config,
                     transcript_path=self.record.transcript,
                     record_path=self.record_cassette,
+                    redactor=self.redactor,
                 )
         return self._coder
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from agentloop.config import PolicyConfig
+from agentloop.confine import ALLOW_UNCONFINED_ENV, Confinement
 from agentloop.display import LiveDisplay
 from agentloop.errors import ConfigError
 from agentloop.runner import RunOutcome, fix
@@ -53,6 +55,12 @@ def run_demo(*, model: str | None, directory: Path | None, console: Console) -> 
         + f"\n\nrepository: {repo}\nissue #1: {(repo / '.loop/issues/1.md').read_text().splitlines()[0].lstrip('# ')}",
         title="loop demo",
     ))
+    if chosen.startswith("replay:") and not Confinement(PolicyConfig()).confined:
+        # The bundled example and its scripted agent are ours; a real model's code would not be.
+        os.environ[ALLOW_UNCONFINED_ENV] = "1"
+        console.print("[yellow]warning:[/yellow] bubblewrap is not usable here, so the demo's services and tests "
+                      "run unconfined (the scripted example is trusted; a real run refuses without "
+                      "--allow-unconfined). Install bubblewrap: `make system-deps`.")
     outcome = fix(repo, "1", model=chosen, progress=LiveDisplay(console))
     report = outcome.run_dir / "report.md"
     if report.exists():

@@ -49,3 +49,8 @@ class ModelError(LoopError):
 
 class RunInterrupted(LoopError):
     """The run was stopped on request (Ctrl-C, SIGTERM, `/loop stop`); it can be resumed."""
+
+
+class WorktreeTampered(LoopError):
+    """A run's worktree `.git` is no longer the file loop made (replaced, removed, redirected): loop runs
+    no git there, and the run stops."""

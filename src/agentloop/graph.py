@@ -10,7 +10,9 @@
 
 Every failure goes through diagnose, so that the evidence of the last attempt carries its log
 excerpts too; diagnose decides whether the budget allows another edit. `edit` can also end the run
-when the model spends the budget mid-turn. State is checkpointed after every node.
+when the model spends the budget mid-turn. State is checkpointed after every node; each node's update
+has the run's secrets masked first (`RunContext.redactor`), so no checkpoint holds one. `publish` ends
+the run failed, committing nothing, when the change adds a secret.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from agentloop.context import RunContext
-from agentloop.errors import RunInterrupted
+from agentloop.errors import LoopError, RunInterrupted
 from agentloop.nodes import deploy, diagnose, edit, intake, publish, report_failure, validate
 from agentloop.state import RunState
 
@@ -69,8 +71,14 @@ def _recorded(name: str, fn: NodeFn) -> _Node:
             update = fn(state, ctx)
         except BaseException as exc:
             duration = round(time.monotonic() - started, 3)
-            ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=f"error: {type(exc).__name__}")
+            # a LoopError's message is written for the user (why the run stops): the record keeps it
+            why = {"error": ctx.redactor.mask(str(exc))} if isinstance(exc, LoopError) else {}
+            ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=f"error: {type(exc).__name__}",
+                             **why)
             raise
+        # Nothing secret enters the state: it is what the checkpointer (SQLite or Postgres) stores, what a
+        # resumed run continues from, and what the evidence, the commit message and the PR are made of.
+        update = ctx.redactor.mask_data(update)
         duration = round(time.monotonic() - started, 3)
         outcome = _outcome(name, update)
         ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=outcome)
@@ -96,20 +104,21 @@ def build_graph(
 ) -> CompiledStateGraph[RunState, RunContext, RunState, RunState]:
     """The compiled loop. `review=True` pauses before publish for a person's approval."""
     graph = StateGraph(RunState, context_schema=RunContext)
-    graph.add_node("intake", _recorded("intake", intake.run))
-    graph.add_node("edit", _recorded("edit", edit.run))
-    graph.add_node("deploy", _recorded("deploy", deploy.run))
-    graph.add_node("validate", _recorded("validate", validate.run))
-    graph.add_node("diagnose", _recorded("diagnose", diagnose.run))
-    graph.add_node("publish", _recorded("publish", publish.run))
-    graph.add_node("report_failure", _recorded("report_failure", report_failure.run))
-
+    add_loop(graph)
     graph.add_edge(START, "intake")
+    graph.add_edge("publish", END)
+    graph.add_edge("report_failure", END)
+    return graph.compile(checkpointer=checkpointer, interrupt_before=["publish"] if review else None)
+
+
+def add_loop(graph: StateGraph[RunState, Any, Any, Any], wrap: Callable[[_Node], Any] = lambda node: node) -> None:
+    """The loop's nodes and edges, from intake to its two ends, publish and report_failure. `wrap` adapts
+    each node to another graph's runtime context (LangGraph Server's, in `agentloop.studio`)."""
+    for name, fn in (("intake", intake.run), ("edit", edit.run), ("deploy", deploy.run), ("validate", validate.run),
+                     ("diagnose", diagnose.run), ("publish", publish.run), ("report_failure", report_failure.run)):
+        graph.add_node(name, wrap(_recorded(name, fn)))
     graph.add_edge("intake", "edit")
     graph.add_conditional_edges("edit", route_after_edit)
     graph.add_conditional_edges("deploy", route_after_deploy)
     graph.add_conditional_edges("validate", route_after_validate)
     graph.add_conditional_edges("diagnose", route_after_diagnose)
-    graph.add_edge("publish", END)
-    graph.add_edge("report_failure", END)
-    return graph.compile(checkpointer=checkpointer, interrupt_before=["publish"] if review else None)

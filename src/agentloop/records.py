@@ -112,8 +112,24 @@ class Comparison(BaseModel):
 
     regressions: list[str] = Field(default_factory=list)
     preexisting: list[str] = Field(default_factory=list)
-    fixed: list[str] = Field(default_factory=list)
+    fixed: list[str] = Field(default_factory=list, description="Fail on the baseline, pass in the sandbox: "
+                             "fixed by this change (the change's own new tests and the repository's red tests).")
     flaky: list[str] = Field(default_factory=list)
+    not_reproducing: list[str] = Field(default_factory=list, description="The change's own tests that pass on "
+                                       "the baseline too: they do not reproduce the issue.")
+
+
+class BaselineSource(BaseModel):
+    """Where one suite's baseline results came from: a full run at the base commit, shared by every run and
+    iteration on that commit through the cache under the state dir."""
+
+    suite: str
+    commit: str
+    config_hash: str
+    cached: bool = Field(description="Read from the cache (False: this validation ran the suite in full).")
+    computed_at: float = 0.0
+    tests: int = 0
+    error: str | None = None
 
 
 class Verdict(BaseModel):
@@ -123,6 +139,11 @@ class Verdict(BaseModel):
     results: list[SuiteResult] = Field(default_factory=list)
     comparison: Comparison = Field(default_factory=Comparison)
     unproven: list[str] = Field(default_factory=list, description="Why a PR must be a draft.")
+    needs_review: list[str] = Field(default_factory=list, description="Changes to test infrastructure or to "
+                                    "tests that passed on the baseline: the change cannot be proven by loop.")
+    baseline: list[BaselineSource] = Field(default_factory=list)
+    outcome: Literal["passed", "unproven", "failed"] | None = Field(
+        default=None, description="The verdict's word (agentloop.verdict_words); None in older records.")
 
 
 class Diagnosis(BaseModel):

@@ -21,15 +21,18 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
 
 from agentloop import git
-from agentloop.config import LoopConfig, load_config
+from agentloop.config import LoopConfig, load_config, load_config_at
+from agentloop.confine import Confinement
 from agentloop.context import ProgressCallback, RunContext
 from agentloop.errors import IssueNotFound, LoopError, RunInterrupted, RunNotFound
+from agentloop.evidence import finalize_evidence
 from agentloop.forge.base import Forge
 from agentloop.forge.factory import open_forge
 from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
 from agentloop.paths import repo_root, runs_dir
 from agentloop.records import Issue, PullRequest, Usage
+from agentloop.redact import Redactor
 from agentloop.runs import RunRecord, RunSummary, list_runs, new_run_id, open_run, process_alive
 from agentloop.runstore import database_url, postgres_checkpointer
 from agentloop.state import RunState, RunStatus
@@ -82,25 +85,60 @@ def fix(
     run_id: str | None = None,
 ) -> RunOutcome:
     """Run the loop on one issue of the repository at `repo`, to a pull request or a failure report."""
+    ctx, initial = prepare(
+        repo, issue, issue_file=issue_file, model=model, forge=forge, review=review, record_cassette=record_cassette,
+        max_iterations=max_iterations, keep_sandbox=keep_sandbox, cancel=cancel, progress=progress,
+        runs_root=runs_root, run_id=run_id,
+    )
+    return _drive(ctx, initial, review=review, manage_baseline=manage_baseline)
+
+
+def prepare(
+    repo: Path,
+    issue: str | None,
+    *,
+    issue_file: Path | None = None,
+    model: str | None = None,
+    forge: Forge | None = None,
+    review: bool = False,
+    record_cassette: Path | None = None,
+    max_iterations: int | None = None,
+    keep_sandbox: bool = False,
+    cancel: threading.Event | None = None,
+    progress: ProgressCallback | None = None,
+    runs_root: Path | None = None,
+    run_id: str | None = None,
+) -> tuple[RunContext, RunState]:
+    """What a run does before its graph: every check (config, git, issue, model, confinement), then its
+    record, its context and its initial state. `fix` drives the graph; LangGraph Server (`agentloop.studio`)
+    steps through it."""
     root = repo_root(repo)
     config = load_config(root)
     if max_iterations is not None:
         config.agent.max_iterations = max_iterations
     git.ensure_clean(git.open_repo(root))
     base_commit = git.resolve_base(git.open_repo(root), config.base_branch)
+    config = load_config_at(root, base_commit, config)  # validated with the base's loop.yaml, not a later one
+    if max_iterations is not None:
+        config.agent.max_iterations = max_iterations
     forge = forge or open_forge(root, config)
-    the_issue = _load_issue(forge, issue, issue_file)
+    redactor = _redactor(config, forge)
+    # the issue is untrusted and may quote a secret: masked before the run records or sends any of it
+    the_issue = Issue.model_validate(redactor.mask_data(_load_issue(forge, issue, issue_file).model_dump(mode="json")))
     chosen_model = resolve_model(model, config).replace("{issue}", str(the_issue.number))
-    from agentloop.agent.factory import check_model
+    from agentloop.agent.factory import preflight_model
 
-    check_model(chosen_model)
+    # before any work: a run that cannot reach its model makes no worktree, branch, baseline or comment
+    preflight_model(chosen_model)
+    confinement = Confinement(config.policy)
+    confinement.require()  # before any work: without bubblewrap nothing runs unless the user opted in
 
     run_id = run_id or new_run_id()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", run_id):
         raise RunNotFound(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     if ((runs_root or runs_dir(root)) / run_id / "run.json").exists():
         raise RunNotFound(f"run {run_id} already exists; `loop resume {run_id}` continues it")
-    record = RunRecord(runs_root or runs_dir(root), run_id)
+    record = RunRecord(runs_root or runs_dir(root), run_id, redactor=redactor)
     record.save_summary(
         RunSummary(
             id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
@@ -109,7 +147,7 @@ def fix(
         )
     )
     ctx = RunContext(
-        repo=root, run_id=run_id, config=config, record=record, forge=forge, model=chosen_model,
+        repo=root, run_id=run_id, config=config, record=record, forge=forge, model=chosen_model, redactor=redactor,
         record_cassette=record_cassette, cancel=cancel or threading.Event(), keep_sandbox=keep_sandbox,
     )
     ctx.progress = _tracking(record, progress)
@@ -117,10 +155,11 @@ def fix(
         "run_id": run_id, "repo": str(root), "issue": the_issue.model_dump(mode="json"), "model": chosen_model,
         "started_at": time.time(), "usage": Usage().model_dump(mode="json"), "status": "running",
         "attempts": [], "sandbox": None, "budget_spent": None, "pull_request": None, "base_commit": base_commit,
+        "confinement": confinement.describe(),
     }
     # kept beside the checkpoints, so a run stopped before its first checkpoint can still be resumed
     record.write_text(INITIAL_STATE, json.dumps(initial))
-    return _drive(ctx, initial, review=review, manage_baseline=manage_baseline)
+    return ctx, initial
 
 
 def resume(
@@ -143,19 +182,38 @@ def resume(
     if summary.status == "running" and summary.pid not in (None, os.getpid()) and process_alive(summary.pid):
         raise RunNotFound(f"run {run_id} is still running (pid {summary.pid}); stop it first (Ctrl-C or kill)")
     config = load_config(root)
+    initial_path = record.dir / INITIAL_STATE
+    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
+    if initial and initial.get("base_commit"):
+        config = load_config_at(root, initial["base_commit"], config)
     if summary.max_iterations is not None:
         config.agent.max_iterations = summary.max_iterations
+    from agentloop.agent.factory import preflight_model
+
+    preflight_model(summary.model)  # before the baseline starts: the model may have retired since
+    forge = forge or open_forge(root, config)
+    record.redactor = _redactor(config, forge)
     ctx = RunContext(
-        repo=root, run_id=run_id, config=config, record=record, forge=forge or open_forge(root, config),
+        repo=root, run_id=run_id, config=config, record=record, forge=forge, redactor=record.redactor,
         model=summary.model, cancel=cancel or threading.Event(), keep_sandbox=summary.keep_sandbox,
         record_cassette=Path(summary.record_cassette) if summary.record_cassette else None,
     )
     review = review or summary.review
     ctx.progress = _tracking(record, progress)
     record.update_summary(status="running", pid=os.getpid(), ended_at=None, message="resumed")
-    initial_path = record.dir / INITIAL_STATE
-    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
     return _drive(ctx, initial, review=review, manage_baseline=manage_baseline, resuming=True)
+
+
+def _redactor(config: LoopConfig, forge: Forge) -> Redactor:
+    """The run's secrets: the environment's, those `policy.secrets` names, and the forge's token."""
+    extra: list[str] = []
+    forge_secrets = getattr(forge, "secret_values", None)
+    if callable(forge_secrets):
+        try:
+            extra = list(forge_secrets())
+        except LoopError:  # no token yet: then no message can hold one either
+            log.debug("the forge's token is not available to mask", exc_info=True)
+    return Redactor.for_run(config, extra=extra)
 
 
 def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue:
@@ -215,16 +273,47 @@ def _drive(
     except LoopError as exc:
         status, message = "error", str(exc)
     except Exception as exc:  # noqa: BLE001 -- record it, never lose the run: the checkpoint is still there to resume
-        (ctx.record.dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        ctx.record.write_text("error.txt", traceback.format_exc())
         status, message = "error", f"internal error: {type(exc).__name__}: {exc} (details: {ctx.record.dir / 'error.txt'})"
     finally:
         _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=started_baseline)
+        if not ctx.keep_sandbox:  # the forks are gone: their logs can be rewritten with the run's known values masked
+            ctx.redactor.mask_tree(ctx.record.dir / "logs")
+    return _conclude(ctx, state, status=status, message=message)
+
+
+def finish(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message: str,
+           stop_baseline: bool) -> RunOutcome:
+    """What a run does after its graph, for a graph driven elsewhere (LangGraph Server): stop what it
+    started, then record how it ended."""
+    _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=stop_baseline)
+    if not ctx.keep_sandbox:
+        ctx.redactor.mask_tree(ctx.record.dir / "logs")
+    return _conclude(ctx, state, status=status, message=message)
+
+
+def _conclude(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message: str) -> RunOutcome:
+    """run.json, evidence.json and the display say how the run ended."""
+    message = ctx.redactor.mask(message)
     pull = PullRequest.model_validate(state["pull_request"]) if state.get("pull_request") else None
+    ended_at = time.time()
+    branch = {"branch": state["branch"]} if state.get("branch") else {}
     ctx.record.update_summary(
-        status=status, ended_at=time.time(), message=message, pull_request=pull.url if pull else None
+        status=status, ended_at=ended_at, message=message, pull_request=pull.url if pull else None, **branch
     )
+    _finalize_evidence(ctx, status=status, message=message, pull=pull, ended_at=ended_at)
     ctx.emit(kind="done", status=status, message=message, pull_request=pull.url if pull else None)
     return RunOutcome(run_id=ctx.run_id, status=status, pull_request=pull, run_dir=ctx.record.dir, message=message)
+
+
+def _finalize_evidence(ctx: RunContext, *, status: RunStatus, message: str, pull: PullRequest | None,
+                       ended_at: float) -> None:
+    """evidence.json says how the run ended, even when that happened after publish or report_failure wrote it."""
+    try:
+        finalize_evidence(ctx.record.dir, status=status, message=message, ended_at=ended_at,
+                          pull_request=pull.model_dump(mode="json") if pull else None)
+    except (OSError, ValueError):  # a damaged record is for `loop verify` to name; the run's outcome stands
+        log.warning("could not write the final status into %s/evidence.json", ctx.record.dir, exc_info=True)
 
 
 def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> None:

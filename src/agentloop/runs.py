@@ -1,5 +1,8 @@
 """Run records: `runs/<run-id>/` with `run.json`, `events.jsonl`, the transcript, per-iteration
-results and logs, the diff and the PR body. Listing and showing runs reads only these files."""
+results and logs, the diff and the PR body. Listing and showing runs reads only these files.
+
+What `RunRecord` writes (`write_text`, events, the summary, here and in the shared database) has the
+run's secrets masked by its `Redactor`."""
 
 from __future__ import annotations
 
@@ -11,13 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from agentloop.errors import RunNotFound
+from agentloop.errors import LoopError, RunNotFound
+from agentloop.redact import Redactor
 from agentloop.runstore import RunStore, open_store
 from agentloop.state import RunStatus
 
 CHECKPOINTS = "checkpoints.sqlite"
+
+
+class CorruptRecord(LoopError):
+    """A run record file that is not what loop wrote (truncated, edited, not UTF-8)."""
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -57,12 +65,13 @@ class RunSummary(BaseModel):
 class RunRecord:
     """One run's folder. Appends events; keeps run.json current."""
 
-    def __init__(self, root: Path, run_id: str, store: RunStore | None = None):
+    def __init__(self, root: Path, run_id: str, store: RunStore | None = None, redactor: Redactor | None = None):
         self.run_id = run_id
         self.dir = root / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         # with LOOP_DATABASE_URL the summary and events are mirrored to Postgres, seen from anywhere
         self.store = store or open_store()
+        self.redactor = redactor or Redactor.from_environment()
 
     @property
     def checkpoints(self) -> Path:
@@ -84,7 +93,7 @@ class RunRecord:
         return path
 
     def event(self, node: str, event: str, **fields: Any) -> None:
-        line = {"time": time.time(), "node": node, "event": event, **fields}
+        line = self.redactor.mask_data({"time": time.time(), "node": node, "event": event, **fields})
         with (self.dir / "events.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, default=str) + "\n")
         if self.store is not None:
@@ -94,24 +103,41 @@ class RunRecord:
         path = self.dir / "events.jsonl"
         if not path.exists():
             return self.store.events(self.run_id) if self.store is not None else []
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as exc:
+            raise _corrupt(str(path), exc, f"restore it, or remove the run's folder {path.parent}") from None
+        events = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                message = f"{path}: line {number} is not JSON; the record was changed after loop wrote it"
+                raise CorruptRecord(message) from None
+            events.append(event)
+        return events
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(self.redactor.mask(text), encoding="utf-8")
         return path
 
     def summary(self) -> RunSummary:
         path = self.dir / "run.json"
         if not path.exists() and self.store is not None and (shared := self.store.summary(self.run_id)):
-            return RunSummary.model_validate(shared)
+            try:
+                return RunSummary.model_validate(shared)
+            except ValidationError as exc:
+                raise _corrupt(f"run {self.run_id} in LOOP_DATABASE_URL", exc, "fix or delete its row") from None
         if not path.exists():
             raise RunNotFound(f"run {self.run_id}: no run.json in {self.dir}")
-        return RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
+        return read_summary(path)
 
     def save_summary(self, summary: RunSummary) -> None:
+        summary = RunSummary.model_validate(self.redactor.mask_data(summary.model_dump(mode="json")))
         tmp = self.dir / "run.json.tmp"
         tmp.write_text(summary.model_dump_json(indent=2), encoding="utf-8")
         os.replace(tmp, self.dir / "run.json")
@@ -124,24 +150,51 @@ class RunRecord:
         return summary
 
 
-def open_run(root: Path, run_id: str) -> RunRecord:
+def open_run(root: Path, run_id: str, redactor: Redactor | None = None) -> RunRecord:
     store = open_store()
     known = (root / run_id / "run.json").exists() or (store is not None and store.summary(run_id) is not None)
-    if not run_id or "/" in run_id or not known:
+    if not run_id or "/" in run_id or run_id in (".", "..") or not known:
         raise RunNotFound(f"unknown run {run_id!r} in {root}; `loop runs` lists the runs")
-    return RunRecord(root, run_id, store)
+    return RunRecord(root, run_id, store, redactor)
 
 
-def list_runs(root: Path) -> list[RunSummary]:
+def read_summary(path: Path) -> RunSummary:
+    """`run.json`, or CorruptRecord naming the file and what is wrong with it."""
+    try:
+        return RunSummary.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValidationError, and bytes that are not UTF-8 JSON
+        raise _corrupt(str(path), exc, f"restore it, or remove the run's folder {path.parent}") from None
+
+
+def _corrupt(where: str, exc: Exception, remedy: str) -> CorruptRecord:
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        reason = f"field `{field}`: {first['msg']}" if field else first["msg"]
+    elif isinstance(exc, OSError):
+        reason = exc.strerror or type(exc).__name__
+    else:
+        reason = type(exc).__name__
+    return CorruptRecord(f"{where}: not a run record loop can read ({' '.join(reason.split())}); {remedy}")
+
+
+def list_runs(root: Path, *, strict: bool = False) -> list[RunSummary]:
+    """Every run's summary, newest first. `strict`: a corrupt `run.json` is an error (CorruptRecord)
+    instead of being left out -- what a user listing runs should hear about."""
     store = open_store()
     if store is not None:  # the shared database holds every run, this machine's included
-        return [RunSummary.model_validate(summary) for summary in store.summaries()]
+        try:
+            return [RunSummary.model_validate(summary) for summary in store.summaries()]
+        except ValidationError as exc:
+            raise _corrupt("a run in LOOP_DATABASE_URL", exc, "fix or delete its row in loop_runs") from None
     summaries = []
     if root.exists():
         for path in root.glob("*/run.json"):
             try:
-                summary = RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
-            except ValueError:
+                summary = read_summary(path)
+            except CorruptRecord:
+                if strict:
+                    raise
                 continue
             summaries.append(_with_liveness(summary))
     return sorted(summaries, key=lambda s: s.started_at, reverse=True)

@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agentloop.runs import RunRecord
+from agentloop.evidence.counts import changes_per_iteration
+from agentloop.runs import CorruptRecord, RunRecord
 from agentloop.runstore import database_url, postgres_checkpointer
+from agentloop.verdict_words import verdict_word
 
 
 def _state(record: RunRecord) -> dict[str, Any]:
@@ -27,6 +29,9 @@ def _state(record: RunRecord) -> dict[str, Any]:
     try:
         saved = SqliteSaver(conn).get_tuple({"configurable": {"thread_id": record.run_id}})
         return dict(saved.checkpoint["channel_values"]) if saved else {}
+    except sqlite3.DatabaseError as exc:
+        raise CorruptRecord(f"{record.checkpoints}: not a checkpoint database loop can read ({exc}); "
+                            f"restore it, or remove the run's folder {record.dir}") from None
     finally:
         conn.close()
 
@@ -45,7 +50,10 @@ def run_details(record: RunRecord) -> dict[str, Any]:
     summary = record.summary()
     state = _state(record)
     iterations = []
-    for attempt in state.get("attempts") or []:
+    attempts = state.get("attempts") or []
+    # each file credited to the iteration whose edit changed it (an attempt's own list is since the base)
+    changes = changes_per_iteration(record.dir, attempts)
+    for attempt, changed in zip(attempts, changes, strict=True):
         edit = attempt.get("edit") or {}
         deploy = attempt.get("deploy") or {}
         verdict = attempt.get("verdict") or {}
@@ -53,16 +61,17 @@ def run_details(record: RunRecord) -> dict[str, Any]:
             "iteration": attempt.get("iteration"),
             "edit": {"summary": edit.get("summary", ""), "turns": edit.get("turns"), "stop_reason": edit.get("stop_reason"),
                      "cost_usd": (edit.get("usage") or {}).get("cost_usd", 0.0)},
-            "changed_files": attempt.get("changed_files") or [],
+            "changed_files": changed,
+            "changed_since_base": attempt.get("changed_files") or [],
             "deploy": {"ok": deploy.get("ok"), "forked": deploy.get("forked", []), "error": deploy.get("error")},
-            "verdict": {"passed": verdict.get("passed"), "reasons": verdict.get("reasons", []),
+            "verdict": {"passed": verdict.get("passed"), "word": verdict_word(verdict), "reasons": verdict.get("reasons", []),
                         "results": [_suite_line(r) for r in verdict.get("results", [])]} if verdict else None,
             "diagnosis": (attempt.get("diagnosis") or {}).get("summary"),
             "log_excerpts": (attempt.get("diagnosis") or {}).get("excerpts") or {},
         })
     return {
         "run": summary.model_dump(mode="json") | {"duration": round(summary.duration, 1)},
-        "branch": state.get("branch"),
+        "branch": state.get("branch") or summary.branch,
         "worktree": state.get("worktree"),
         "sandbox": state.get("sandbox"),
         "iterations": iterations,
@@ -97,7 +106,9 @@ def render_details(details: dict[str, Any], console: Console) -> None:
                 table.add_row(res["name"], str(c["passed"]), str(c["failed"] + c["error"]), str(c["skipped"]),
                               str(c["flaky"]), ", ".join(res["failed"])[:80] or (res["error"] or ""))
             console.print(table)
-            colour = "green" if it["verdict"]["passed"] else "red"
+            word = it["verdict"]["word"]
+            colour = {"passed": "green", "unproven": "yellow"}.get(word, "red")
+            console.print(Text(f"verdict: {word}", style=f"bold {colour}"))
             for reason in it["verdict"]["reasons"]:
                 console.print(Text(f"· {reason}", style=colour))
         if it["diagnosis"]:

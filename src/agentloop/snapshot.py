@@ -1,29 +1,25 @@
 """Snapshots of a worktree's files as git tree objects, without touching its index or branch.
 
-Used to redo an interrupted edit from exactly where it started."""
+Used to redo an interrupted edit from exactly where it started. Git runs through `agentloop.git`, so a
+worktree whose `.git` was replaced stops the run instead of running the replacement's config."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-
-def _git(worktree: Path, *args: str, index: str | None = None) -> str:
-    env = dict(os.environ)
-    if index:
-        env["GIT_INDEX_FILE"] = index
-    out = subprocess.run(["git", *args], cwd=worktree, env=env, capture_output=True, text=True, check=True)
-    return out.stdout
+from agentloop import git
 
 
-def _files(worktree: Path) -> set[str]:
-    listed = _git(worktree, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    return {name for name in listed.split("\0") if name and (worktree / name).exists()}
+def _git(worktree: git.Worktree, *args: str, index: str | None = None) -> str:
+    return git.run(worktree, *args, env={"GIT_INDEX_FILE": index} if index else None).stdout
 
 
-def snapshot_tree(worktree: Path) -> str:
+def _files(worktree: git.Worktree) -> set[str]:
+    return {name for name in git.ls_files(worktree) if (worktree.path / name).exists()}
+
+
+def snapshot_tree(worktree: git.Worktree) -> str:
     """The tree object of every tracked and untracked (not ignored) file, as it is on disk now."""
     with tempfile.TemporaryDirectory() as tmp:
         index = str(Path(tmp) / "index")
@@ -31,11 +27,11 @@ def snapshot_tree(worktree: Path) -> str:
         return _git(worktree, "write-tree", index=index).strip()
 
 
-def restore_tree(worktree: Path, tree: str) -> None:
+def restore_tree(worktree: git.Worktree, tree: str) -> None:
     """Make the worktree's files exactly those of `tree` (ignored files are left alone)."""
     wanted = set(_git(worktree, "ls-tree", "-r", "-z", "--name-only", tree).split("\0")) - {""}
     for name in _files(worktree) - wanted:
-        (worktree / name).unlink()
+        (worktree.path / name).unlink()
     with tempfile.TemporaryDirectory() as tmp:
         index = str(Path(tmp) / "index")
         _git(worktree, "read-tree", tree, index=index)

@@ -6,7 +6,10 @@ entry per iteration; the nodes of an iteration fill in the last entry (see `node
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
+
+# not typing.TypedDict: pydantic (LangGraph Server's schemas, Studio) needs this one before Python 3.12
+from typing_extensions import TypedDict
 
 RunStatus = Literal["running", "published", "failed", "error", "interrupted"]
 
@@ -44,3 +47,4 @@ class RunState(TypedDict, total=False):
     pull_request: dict[str, Any] | None  # PullRequest once published
     status: RunStatus
     error: str | None
+    confinement: dict[str, Any]  # how agent-written code was confined (Confinement.describe())

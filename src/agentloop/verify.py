@@ -1,6 +1,7 @@
-"""`loop verify RUN`: does the run record still say what it said? Every artifact against its sha256 and
-size, the head commit against the recorded diff; `--rerun` validates the head commit again in a fresh
-sandbox (its artifacts go to `runs/<id>/reruns/<time>/`, outside the hashed record)."""
+"""`loop verify RUN`: does the run record still say what it said, and is it true? Every artifact against
+its sha256 and size, every number in report.md against the artifacts and evidence.json it was rendered
+from (`evidence.check`), the head commit against the recorded diff; `--rerun` validates the head commit
+again in a fresh sandbox (its artifacts go to `runs/<id>/reruns/<time>/`, outside the hashed record)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import git as gitpython
-
 from agentloop import git
-from agentloop.config import LoopConfig, load_config
+from agentloop.config import LoopConfig, load_config, load_config_at
 from agentloop.errors import LoopError
-from agentloop.evidence.record import EVIDENCE_FILE, artifacts
+from agentloop.evidence.check import check_report
+from agentloop.evidence.record import EVIDENCE_FILE, artifacts, diff_stats
 from agentloop.records import SandboxInfo, Verdict
 from agentloop.sandbox.base import SandboxBackend
 from agentloop.sandbox.factory import open_backend, services_for_changes
@@ -56,6 +56,7 @@ def verify_run(run_dir: Path, repo: Path) -> list[str]:
             )
     for path in sorted(set(current) - set(recorded)):
         differences.append(f"{path}: not in the record (added after the run)")
+    differences += check_report(run_dir, evidence, diff_stats(run_dir / "diff.patch"))
     differences += _check_commits(evidence, run_dir, repo)
     return differences
 
@@ -65,16 +66,14 @@ def _check_commits(evidence: dict[str, Any], run_dir: Path, repo: Path) -> list[
     base, head = commits.get("base"), commits.get("head")
     if not base or not head:
         return ["evidence.json: no base or head commit recorded"]
-    repository = git.open_repo(repo)
+    top = Path(str(git.open_repo(repo).working_tree_dir))
     for label, sha in (("base", base), ("head", head)):
-        try:
-            repository.git.cat_file("-e", f"{sha}^{{commit}}")
-        except gitpython.GitCommandError:
+        if not git.has_commit(top, sha):
             return [f"{label} commit {sha[:12]} is not in {repo} (fetch the run's branch, or it was rewritten)"]
     patch = run_dir / "diff.patch"
     if not patch.is_file():
         return ["diff.patch: missing, so the head commit cannot be checked against it"]
-    actual = str(repository.git.diff(base, head, "--binary"))
+    actual = git.diff_commits(top, base, head)
     if actual.strip() != patch.read_text(encoding="utf-8").strip():
         changed = sorted(set(_files_in(actual)) ^ set(_files_in(patch.read_text(encoding="utf-8"))))
         which = f" (files differing: {', '.join(changed)})" if changed else " (same files, different content)"
@@ -98,15 +97,18 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
     worktree = scratch / "tree"
     try:
         git.add_worktree(repository, worktree, branch=None, commit=head)
-        config = load_config(worktree)
+        # validated with the base commit's loop.yaml, never the change's own
+        config = load_config_at(repo, base, load_config(repo))
         out_dir = run_dir / RERUNS / time.strftime("%Y%m%d-%H%M%S")
         if not config.services:
-            return run_validation(config=config, worktree=worktree, base_commit=base, sandbox=None, backend=None, out_dir=out_dir)
+            return run_validation(config=config, worktree=worktree, repo=repo, base_commit=base, sandbox=None,
+                                  backend=None, out_dir=out_dir)
         backend = open_backend(repo, config)
         started_baseline = backend.baseline_up()
         try:
-            return _in_sandbox(backend, config_services=services_for_changes(config, git.changed_files(worktree, base)),
-                               worktree=worktree, base=base, out_dir=out_dir, config=config)
+            changed = git.changed_files(git.Worktree(repo, worktree), base)
+            return _in_sandbox(backend, config_services=services_for_changes(config, changed),
+                               worktree=worktree, repo=repo, base=base, out_dir=out_dir, config=config)
         finally:
             if started_baseline:
                 backend.baseline_down()
@@ -116,11 +118,13 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
 
 
 def _in_sandbox(
-    backend: SandboxBackend, *, config_services: list[str], worktree: Path, base: str, out_dir: Path, config: LoopConfig,
+    backend: SandboxBackend, *, config_services: list[str], worktree: Path, repo: Path, base: str, out_dir: Path,
+    config: LoopConfig,
 ) -> Verdict:
     name = f"verify-{secrets.token_hex(4)}"
     sandbox: SandboxInfo = backend.create(name, {service: worktree for service in config_services}, log_dir=out_dir / "logs")
     try:
-        return run_validation(config=config, worktree=worktree, base_commit=base, sandbox=sandbox, backend=backend, out_dir=out_dir)
+        return run_validation(config=config, worktree=worktree, repo=repo, base_commit=base, sandbox=sandbox,
+                              backend=backend, out_dir=out_dir)
     finally:
         backend.remove(name)

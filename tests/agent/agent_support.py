@@ -31,6 +31,7 @@ def edit_task(worktree: Path, iteration: int = 1, **fields: Any) -> EditTask:
     defaults: dict[str, Any] = {
         "run_id": "r-test",
         "worktree": worktree,
+        "repo": worktree,  # the test's repository is its own worktree
         "issue": Issue(number=7, title="total is off by one", body="total([2, 3]) returns 4, not 5."),
         "iteration": iteration,
         "services": {"orders": "services/orders"},

@@ -11,7 +11,7 @@ from fake_anthropic import FakeAnthropic, serve
 
 from agentloop.agent.base import Coder
 from agentloop.agent.factory import make_coder
-from agentloop.config import LoopConfig
+from agentloop.config import DEFAULT_MODEL, LoopConfig
 
 
 @pytest.fixture
@@ -31,9 +31,9 @@ def worktree(make_repo: Callable[..., Path]) -> Path:
 
 @pytest.fixture
 def coder_for(tmp_path: Path) -> MakeCoder:
-    """coder_for(model="claude-sonnet-4-5", config=None, record=None) with tiny retry waits."""
+    """coder_for(model=DEFAULT_MODEL, config=None, record=None) with tiny retry waits."""
 
-    def _make(model: str = "claude-sonnet-4-5", config: LoopConfig | None = None,
+    def _make(model: str = DEFAULT_MODEL, config: LoopConfig | None = None,
               record: Path | None = None, use_bwrap: bool | None = None) -> Coder:
         return make_coder(model, config=config or loop_config(), transcript_path=tmp_path / "transcript.jsonl",
                           record_path=record, retry_wait=0.0, use_bwrap=use_bwrap)

@@ -4,6 +4,8 @@ The Anthropic API cannot be reached from the tests, so the real `anthropic` clie
 server instead (through `ANTHROPIC_BASE_URL`). It answers `POST /v1/messages` from a script: each
 entry is either a response object (sent with 200) or an `Failure` (429 rate_limit_error, 529
 overloaded_error, 500 api_error..., with a retry-after header). It keeps every request it received.
+`GET /v1/models/{id}` answers from `models` (id -> lifecycle): 200 with a model object for a known id,
+404 not_found_error otherwise; the ids asked for are kept in `model_lookups`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
+
+from agentloop.config import DEFAULT_MODEL
 
 _ids = itertools.count(1)
+# what the Models API knows by default: the current models, and one retired but still catalogued
+KNOWN_MODELS = {"claude-opus-5-5": "active", "claude-sonnet-5-5": "active", "claude-haiku-5-5": "active",
+                "claude-sonnet-4-5": "retired"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
                 500: "api_error", 529: "overloaded_error"}
 
@@ -36,7 +44,7 @@ def tool_use(name: str, tool_input: Any) -> dict[str, Any]:
 
 
 def message(*content: dict[str, Any], stop_reason: str | None = None, input_tokens: int = 100,
-            output_tokens: int = 50, model: str = "claude-sonnet-4-5") -> dict[str, Any]:
+            output_tokens: int = 50, model: str = DEFAULT_MODEL) -> dict[str, Any]:
     """A Messages API response object as /v1/messages returns it."""
     if stop_reason is None:
         stop_reason = "tool_use" if any(block["type"] == "tool_use" for block in content) else "end_turn"
@@ -54,6 +62,9 @@ class FakeAnthropic:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
+    models: dict[str, str] = field(default_factory=lambda: dict(KNOWN_MODELS))
+    reject_key: bool = False  # answer the Models API with 401 authentication_error
+    model_lookups: list[str] = field(default_factory=list)
 
     def add(self, *entries: dict[str, Any] | Failure) -> None:
         self.script.extend(entries)
@@ -91,6 +102,23 @@ def _handler(fake: FakeAnthropic, lock: threading.Lock) -> type[BaseHTTPRequestH
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if not path.startswith("/v1/models/"):
+                self._send(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+                return
+            model = unquote(path.removeprefix("/v1/models/"))
+            with lock:
+                fake.model_lookups.append(model)
+                lifecycle = fake.models.get(model)
+            if fake.reject_key:
+                self._send(401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+            elif lifecycle is None:
+                self._send(404, {"type": "error", "error": {"type": "not_found_error", "message": f"model: {model}"}})
+            else:
+                self._send(200, {"type": "model", "id": model, "display_name": model, "lifecycle": lifecycle,
+                                 "created_at": "2026-06-01T00:00:00Z"})
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", "0")))

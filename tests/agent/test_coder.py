@@ -9,6 +9,7 @@ from pathlib import Path
 from agent_support import API_KEY, MakeCoder, edit_task, loop_config
 from fake_anthropic import FakeAnthropic, message, text, tool_use
 
+from agentloop.config import DEFAULT_MODEL
 from agentloop.records import Usage
 
 APP = "services/orders/app.py"
@@ -44,7 +45,7 @@ def test_edit_and_pass_changes_the_worktree(fake: FakeAnthropic, worktree: Path,
     sent = fake.headers[0]
     assert API_KEY in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
     first = fake.requests[0]
-    assert first["model"] == "claude-sonnet-4-5"
+    assert first["model"] == DEFAULT_MODEL
     assert {t.get("type", "custom") for t in first["tools"]} == {"text_editor_20250728", "bash_20250124"}
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}

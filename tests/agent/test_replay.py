@@ -13,6 +13,7 @@ from fake_anthropic import FakeAnthropic, message, text, tool_use
 
 from agentloop.agent.factory import check_model, make_coder
 from agentloop.agent.pricing import MOST_EXPENSIVE, Pricer
+from agentloop.config import DEFAULT_MODEL
 from agentloop.errors import ModelError
 
 APP = "services/orders/app.py"
@@ -43,7 +44,7 @@ def test_record_then_replay_gives_the_same_worktree(fake: FakeAnthropic, make_re
     recorded = coder_for(record=cassette).edit(edit_task(recorded_repo))
     assert recorded.stop_reason == "done"
     data = json.loads(cassette.read_text())
-    assert data["version"] == 1 and data["model"] == "claude-sonnet-4-5"
+    assert data["version"] == 1 and data["model"] == DEFAULT_MODEL
     assert [r["stop_reason"] for r in data["responses"]] == ["tool_use", "tool_use", "tool_use", "end_turn"]
     assert data["responses"][0]["usage"]["input_tokens"] == 100  # responses exactly as the API sent them
 
@@ -87,11 +88,11 @@ def test_a_bad_cassette_is_refused_before_any_work(tmp_path: Path, content: str 
 
 def test_a_claude_model_without_a_key_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="set ANTHROPIC_API_KEY or use --model replay:FILE"):
-        check_model("claude-sonnet-4-5")
+        check_model(DEFAULT_MODEL)
     from agent_support import loop_config
 
     with pytest.raises(ModelError, match="ANTHROPIC_API_KEY"):
-        make_coder("claude-sonnet-4-5", config=loop_config(), transcript_path=tmp_path / "t.jsonl")
+        make_coder(DEFAULT_MODEL, config=loop_config(), transcript_path=tmp_path / "t.jsonl")
 
 
 def test_calls_are_priced_per_model_family(caplog: pytest.LogCaptureFixture) -> None:

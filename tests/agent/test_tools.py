@@ -42,7 +42,7 @@ def router() -> Iterator[str]:
 
 
 def _toolbox(worktree: Path, sandbox_env: dict[str, str] | None = None) -> ToolBox:
-    policy = PolicyConfig()
+    policy = PolicyConfig(allow_unconfined=True)
     return ToolBox(ConfinedShell(worktree, policy, use_bwrap=False), Editor(worktree, policy.output_limit),
                    sandbox_env=sandbox_env or {})
 

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,43 @@ ThreadingHTTPServer(("127.0.0.1", parser.parse_args().port), Handler).serve_fore
 '''
 
 
-def web_test(path: str, expected: dict[str, str], barrier: Path | None = None, runs: int = 0) -> str:
+class Barrier:
+    """A meeting point on loopback for the suites of several runs: each sandbox's test arrives with its
+    route key and waits (bounded) until `runs` have arrived. Over HTTP, since confined suites share no
+    writable directory but do share the machine's loopback."""
+
+    def __init__(self) -> None:
+        self.arrived: set[str] = set()
+        barrier = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                barrier.arrived.add(self.path.rsplit("/", 1)[-1])
+                self._answer()
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                body = str(len(barrier.arrived)).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def web_test(path: str, expected: dict[str, str], barrier: Barrier | None = None, runs: int = 0) -> str:
     """A test the agent writes: wait (bounded) until `runs` sandboxes reached validate, so their forks are
     up at the same time, then check what this run's route key is served."""
     return f'''import json, os, time, urllib.request
@@ -48,12 +86,11 @@ import pytest
 @pytest.fixture(autouse=True)
 def _together():
     key = os.environ.get("LOOP_ROUTE_KEY")
-    if key and {runs}:  # in a sandbox, not on the baseline
-        barrier = {str(barrier)!r}
-        os.makedirs(barrier, exist_ok=True)
-        open(os.path.join(barrier, key), "w").close()
+    if key and {runs}:  # the baseline side arrives with a key of its own and does not wait long
+        barrier = {barrier.url if barrier else ""!r}
+        urllib.request.urlopen(urllib.request.Request(barrier + "/arrive/" + key, method="POST")).read()
         deadline = time.monotonic() + 30
-        while len(os.listdir(barrier)) < {runs} and time.monotonic() < deadline:
+        while int(urllib.request.urlopen(barrier + "/count").read()) < {runs} and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
@@ -67,13 +104,20 @@ def {path}():
 '''
 
 
-def make_system(make_repo: MakeRepo, issues: dict[int, str], suite: str = "python3 -m pytest -q tests") -> Path:
+def hold_conftest(hold: Path) -> str:
+    """A conftest that waits while `hold` exists; its directory must be in `policy.readable`."""
+    return f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n"
+
+
+def make_system(make_repo: MakeRepo, issues: dict[int, str], suite: str = "python3 -m pytest -q tests",
+                readable: Path | None = None) -> Path:
     files = {"web/app.py": WEB_APP, "tests/__init__.py": ""}
     files |= {f".loop/issues/{n}.md": f"# {title}\n" for n, title in issues.items()}
     return make_repo(files, {
         "services": {"web": {"path": "web", "run": "python3 web/app.py --port {port}", "health": "/healthz"}},
         "validate": [{"suite": "all", "run": suite, "sandbox": True}],
         "agent": {"max_iterations": 2},
+        "policy": {"readable": [str(readable)] if readable else []},
     })
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from batchtest import ctrl_c_when, loop, start_loop
+from batchtest import ctrl_c_when, hold_conftest, loop, start_loop
 from looptest import MakeRepo, create, git, replace, write_cassette
 from sandbox_kubernetes.fake_apiserver import FakeApiServer
 
@@ -113,11 +113,14 @@ def test_the_kubernetes_executor_needs_an_image_and_a_database(make_repo: MakeRe
 def test_ctrl_c_deletes_the_jobs_and_their_runs_stop_cleanly(
     make_repo: MakeRepo, tmp_path: Path, cluster: FakeApiServer, database_url: str
 ) -> None:
-    hold = tmp_path / "hold"
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "hold"
     hold.write_text("")
     repo = make_repo({"calc.py": "def add(a, b):\n    return a - b\n", ".loop/issues/1.md": "# add() subtracts\n",
-                      "tests/conftest.py": f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n"},
-                     {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]})
+                      "tests/conftest.py": hold_conftest(hold)},
+                     {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],
+                      "policy": {"readable": [str(holds)]}})
     cassette = write_cassette(tmp_path / "1.json", [[
         create("tests/test_add.py", "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"),
         replace("calc.py", "a - b", "a + b")]])

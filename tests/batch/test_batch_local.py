@@ -7,7 +7,16 @@ import json
 import os
 from pathlib import Path
 
-from batchtest import batch_record, ctrl_c_when, loop, make_system, start_loop, web_test
+from batchtest import (
+    Barrier,
+    batch_record,
+    ctrl_c_when,
+    hold_conftest,
+    loop,
+    make_system,
+    start_loop,
+    web_test,
+)
 from looptest import MakeRepo, create, git, replace, write_cassette
 
 
@@ -24,7 +33,7 @@ def _backend(repo: Path):  # type: ignore[no-untyped-def]
 
 def test_three_issues_in_parallel_publish_three_pull_requests_on_one_baseline(make_repo: MakeRepo, tmp_path: Path) -> None:
     repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye", 3: "/ping should say pong"})
-    barrier = tmp_path / "barrier"
+    barrier = Barrier()
     cassettes = tmp_path / "cassettes"
     cassettes.mkdir()
     # runs 1 and 2 fork the same service with different changes; each must see only its own
@@ -38,7 +47,10 @@ def test_three_issues_in_parallel_publish_three_pull_requests_on_one_baseline(ma
         create("tests/test_ping.py", web_test("test_ping", {"/ping": "pong"})),
         replace("web/app.py", 'b"ping?"', 'b"pong"')]])
 
-    done = loop(repo, "batch", "1", "2", "3", "--parallel", "3", "--model", f"replay:{cassettes}/{{issue}}.json")
+    try:
+        done = loop(repo, "batch", "1", "2", "3", "--parallel", "3", "--model", f"replay:{cassettes}/{{issue}}.json")
+    finally:
+        barrier.close()
 
     assert done.returncode == 0, done.stdout + done.stderr
     record = batch_record(repo)
@@ -65,7 +77,8 @@ def test_three_issues_in_parallel_publish_three_pull_requests_on_one_baseline(ma
     forks = [json.loads((repo / ".loop" / "runs" / by_issue[n] / "evidence.json").read_text())["sandbox"] for n in "12"]
     assert forks[0]["route_key"] != forks[1]["route_key"]
     assert forks[0]["forks"]["web"]["url"] != forks[1]["forks"]["web"]["url"]
-    assert len(os.listdir(barrier)) == 2
+    # (their baseline sides arrive too, with route keys of their own that no sandbox owns)
+    assert {forks[0]["route_key"], forks[1]["route_key"]} <= barrier.arrived
     assert _backend(repo).list() == []
 
 
@@ -104,10 +117,12 @@ def _validating(repo: Path) -> set[str]:
 
 
 def test_ctrl_c_stops_every_run_cleanly_and_resume_finishes_the_batch(make_repo: MakeRepo, tmp_path: Path) -> None:
-    hold = tmp_path / "hold"
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "hold"
     hold.write_text("")
-    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"})
-    (repo / "tests" / "conftest.py").write_text(f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n")
+    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"}, readable=holds)
+    (repo / "tests" / "conftest.py").write_text(hold_conftest(hold))
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "a suite that waits while the test holds it")
     cassettes = tmp_path / "cassettes"
@@ -146,13 +161,15 @@ def test_a_second_ctrl_c_stops_at_once_and_resume_still_finishes(make_repo: Make
     import signal
     import time
 
-    hold = tmp_path / "hold"
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "hold"
     hold.write_text("")
-    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"})
+    repo = make_system(make_repo, {1: "/hello should say hello", 2: "/bye should say goodbye"}, readable=holds)
     # a service slow to stop (it ignores SIGTERM): a clean stop of each run takes the sandbox's grace period
     app = repo / "web" / "app.py"
     app.write_text("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + app.read_text())
-    (repo / "tests" / "conftest.py").write_text(f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.05)\n")
+    (repo / "tests" / "conftest.py").write_text(hold_conftest(hold))
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "a slow-to-stop service and a suite that waits while the test holds it")
     cassettes = tmp_path / "cassettes"

@@ -77,6 +77,7 @@ class FakeGitHub:
         self.fail_next: list[tuple[int, dict[str, str]]] = []
         self.seen: list[Seen] = []
         self.issued_tokens = 0
+        self.token_lifetime = 3600.0  # below loop's renewal margin, every use asks for a new token
         self._ids = iter(range(1000, 10**9))
         self._lock = threading.Lock()
         self.base = ""
@@ -184,7 +185,7 @@ class FakeGitHub:
             self.issued_tokens += 1
             token = f"ghs_installation{self.issued_tokens:024d}"
             self.tokens.add(token)
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.token_lifetime))
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
     async def _repo(self, request: Request) -> Response:

@@ -18,6 +18,7 @@ from agentloop.forge.github import (
     fit_body,
     slug_from_remote,
 )
+from agentloop.git import Worktree
 
 from .conftest import SLUG
 from .fake_github import FakeGitHub
@@ -58,13 +59,13 @@ def test_publish_pushes_branch_and_opens_one_draft_pr(
     forge = _forge(github)
     issue = forge.get_issue(7)
     work = _branch_with_change(tmp_path, github, forge, "loop/7-r1")
-    pull = forge.publish(worktree=work, branch="loop/7-r1", title=issue.title, body="evidence", draft=True, issue=issue)
+    pull = forge.publish(worktree=Worktree(work, work), branch="loop/7-r1", title=issue.title, body="evidence", draft=True, issue=issue)
     assert pull.draft and pull.number == 101
     assert pull.head_commit == github.branch_sha(SLUG, "loop/7-r1") == git(work, "rev-parse", "HEAD").strip()
     assert github.repos[SLUG].pulls[0]["body"].rstrip().endswith("Fixes #7")
     assert github.repos[SLUG].pulls[0]["base"] == {"ref": "main"}
     # A resumed run publishing again gets the same pull request, not a second one.
-    again = forge.publish(worktree=work, branch="loop/7-r1", title=issue.title, body="evidence", draft=True, issue=issue)
+    again = forge.publish(worktree=Worktree(work, work), branch="loop/7-r1", title=issue.title, body="evidence", draft=True, issue=issue)
     assert again.number == pull.number and len(github.repos[SLUG].pulls) == 1
     # The token went over HTTP only: not into the clone's config, not into a log.
     assert github.token not in (work / ".git" / "config").read_text()
@@ -78,7 +79,7 @@ def test_push_failure_is_reported_without_the_token(github: FakeGitHub, shop: Pa
     work = _branch_with_change(tmp_path, github, forge, "loop/7-r2")
     github.tokens.clear()  # the token was revoked mid-run
     with pytest.raises(GitHubError) as raised:
-        forge.push(work, "loop/7-r2")
+        forge.push(Worktree(work, work), "loop/7-r2")
     assert "x-access-token" not in str(raised.value) and "ghs_" not in str(raised.value)
 
 

@@ -41,15 +41,17 @@ CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pyte
           "agent": {"max_iterations": 2}, "forge": {"kind": "github", "repo": SLUG}}
 
 
-def _hold_conftest(hold: Path, pids: Path) -> str:
-    """A conftest that makes the suite wait while `hold` exists, and leaves its process group in `pids`
-    so that the test can end it: the suite runs in a session of its own and outlives a killed server."""
+def _hold_conftest(hold: Path) -> str:
+    """A conftest that makes the suite wait while `hold` exists (its directory is in `policy.readable`),
+    leaving `.holding` in the worktree meanwhile. The suite's jail dies with the server that started it."""
     return (
         "import os, time\n"
         f"if os.path.exists({str(hold)!r}):\n"
-        f"    open(os.path.join({str(pids)!r}, str(os.getpgid(0))), 'w').close()\n"
+        "    open('.holding', 'w').close()\n"
         f"while os.path.exists({str(hold)!r}):\n"
         "    time.sleep(0.1)\n"
+        "if os.path.exists('.holding'):\n"
+        "    os.remove('.holding')\n"
     )
 
 
@@ -57,12 +59,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _kill_groups(pids: Path) -> None:
-    for marker in pids.iterdir():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(marker.name), signal.SIGKILL)
 
 
 class Server:
@@ -129,26 +125,26 @@ def _validate_started(clone: Path) -> str | None:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[list[Server], Path]]:
-    """Every server started is killed at the end, and so is any suite left holding."""
-    pids = tmp_path / "suite-pids"
-    pids.mkdir()
+def servers() -> Iterator[list[Server]]:
+    """Every server started is killed at the end (a suite left holding dies with its server's jail)."""
     started: list[Server] = []
-    yield started, pids
+    yield started
     for server in started:
         server.kill()
-    _kill_groups(pids)
 
 
 def test_kill_9_mid_validate_then_restart_resumes_the_run_and_runs_the_queued_job(
     github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path, app_key: tuple[str, str],
-    servers: tuple[list[Server], Path],
+    servers: list[Server],
 ) -> None:
-    started, pids = servers
-    hold = tmp_path / "hold"
+    started = servers
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "hold"
     hold.write_text("")
     source = make_repo({"calc.py": CALC, "tests/test_calc.py": "def test_nothing():\n    assert True\n",
-                        "tests/conftest.py": _hold_conftest(hold, pids)}, CONFIG, name="calc-source")
+                        "tests/conftest.py": _hold_conftest(hold)},
+                       {**CONFIG, "policy": {"readable": [str(holds)]}}, name="calc-source")
     github.add_repo(SLUG, source)
     github.add_issue(SLUG, 7, "add() subtracts", "add(2, 3) returns -1", labels=("loop",))
     github.add_issue(SLUG, 8, "add() is still wrong", "add(2, 3) should be 5", labels=("loop",))
@@ -166,13 +162,12 @@ def test_kill_9_mid_validate_then_restart_resumes_the_run_and_runs_the_queued_jo
     started.append(first)
     assert "queued" in first.deliver_label(7)
     run_id = _wait("issue 7's run to reach validate", lambda: _validate_started(clone7), first, log)
-    _wait("the suite to hold", lambda: any(pids.iterdir()), first, log)
+    _wait("the suite to hold", lambda: any(clone7.glob(".git/loop/worktrees/*/.holding")), first, log)
     _wait("the job to carry its run id", lambda: first.jobs()[7]["run_id"] == run_id, first, log)
     assert "queued" in first.deliver_label(8)
     assert first.jobs()[8]["status"] == "queued"
 
     first.kill()
-    _kill_groups(pids)  # the held suite is the killed server's child in a session of its own
     hold.unlink()
     assert github.repos[SLUG].pulls == []
 

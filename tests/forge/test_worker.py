@@ -24,6 +24,7 @@ from agentloop.forge.auth import AppAuth
 from agentloop.forge.github import STATUS_MARKER, GitHubForge
 from agentloop.forge.queue import Job, JobQueue
 from agentloop.forge.worker import Worker
+from agentloop.git import Worktree
 from agentloop.records import PullRequest
 
 from .conftest import SLUG
@@ -56,7 +57,7 @@ class TinyRun:
         git(repo, "checkout", "-q", "-b", branch)
         (repo / "app.py").write_text("def total(a, b):\n    return a + b\n", encoding="utf-8")
         git(repo, "commit", "-qam", "fix total")
-        pull = forge.publish(worktree=repo, branch=branch, title=the_issue.title, body="all green",
+        pull = forge.publish(worktree=Worktree(repo, repo), branch=branch, title=the_issue.title, body="all green",
                              draft=False, issue=the_issue)
         forge.comment(the_issue, f"opened {pull.url}")
         return Outcome(run_id=run_id, status="published", pull_request=pull)

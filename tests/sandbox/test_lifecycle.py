@@ -98,6 +98,8 @@ def test_logs_are_timestamped_and_sliced_by_time(
 ) -> None:
     info = backend.create("logs", {"orders": fork_tree("logs", {})})
     try:
+        # the launcher stamps a line when it reads it: on a busy machine that can be a moment later
+        eventually(lambda: backend.logs("logs", "orders"), "orders listening on", seconds=30)
         marker = time.time()
         client.get(f"{info.service_urls['orders']}/call", headers=info.routing_headers)
         everything = eventually(lambda: backend.logs("logs", "orders"), "GET /call")

@@ -5,7 +5,8 @@ client at this HTTP server instead. It keeps objects in memory and implements, f
 Deployments (and their /status), v1 Services, Pods (and pods/log), Events and Istio
 VirtualServices, batch/v1 Jobs and Secrets: list (with labelSelector and fieldSelector), get, create,
 replace (with resourceVersion conflicts), JSON merge / strategic merge patch (as merge patch), delete
-and deletecollection, with the real Status error bodies.
+and deletecollection, with the real Status error bodies; an object whose metadata.namespace is not the
+request's is refused, as the real server refuses it.
 
 Jobs run for real when a `job_runner` is set: the container's command and args become a local
 process with the Job's env and its envFrom Secrets; the Job's status follows the exit code. Deleting a
@@ -157,8 +158,15 @@ class FakeApiServer:
     def _key(self, plural: str, ns: str, name: str) -> tuple[str, str, str, str]:
         return (plural, ns, name, "")
 
+    @staticmethod
+    def _same_namespace(ns: str, obj: Obj) -> None:
+        if obj.get("metadata", {}).get("namespace", ns) != ns:  # as the real server checks it
+            raise _ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
+                                               "namespace sent on the request")
+
     def _create(self, plural: str, ns: str, obj: Obj) -> Obj:
         with self._lock:
+            self._same_namespace(ns, obj)
             meta = obj.setdefault("metadata", {})
             if "generateName" in meta and "name" not in meta:
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -183,6 +191,7 @@ class FakeApiServer:
             old = self.objects.get(key)
             if old is None:
                 raise _ApiError(404, "NotFound", f'{plural} "{name}" not found')
+            self._same_namespace(ns, obj)
             sent = obj.get("metadata", {}).get("resourceVersion")
             if check_version and sent and sent != old["metadata"]["resourceVersion"]:
                 raise _ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": '

@@ -62,14 +62,16 @@ def test_dry_run_merges_the_route_into_the_existing_virtual_service(
     baggage = first["match"][0]["headers"]["baggage"]["regex"]
     assert re.fullmatch(baggage, f"foo=bar,sd-routing-key={route_key}")
     assert re.fullmatch(baggage, f"sd-routing-key={route_key};p=1")
+    assert re.fullmatch(baggage, f"sd-routing-key = {route_key}\t;p=1"), "OWS around = and ; (W3C baggage)"
     assert not re.fullmatch(baggage, f"sd-routing-key={route_key}0"), "another key with this one as prefix"
+    assert not re.fullmatch(baggage, f"a=1;sd-routing-key={route_key}"), "a property of another member"
     assert "tracestate" in first["match"][1]["headers"]
-    assert first["match"][2]["headers"]["x-loop-route"] == {"exact": route_key}
+    assert re.fullmatch(first["match"][2]["headers"]["x-loop-route"]["regex"], route_key)
 
     # ratings has no VirtualService: one is made, with a default route to the service itself.
     created = _by(objects, "VirtualService", "loop-ratings")
-    assert created["spec"]["hosts"] == ["ratings"]
-    assert created["spec"]["http"][-1]["route"] == [{"destination": {"host": "ratings"}}]
+    assert created["spec"]["hosts"] == ["ratings.default.svc.cluster.local"]
+    assert created["spec"]["http"][-1]["route"] == [{"destination": {"host": "ratings.default.svc.cluster.local"}}]
     assert all(o["metadata"]["name"] != "bookinfo" for o in objects), "gateway-only VirtualService left alone"
 
 

@@ -108,7 +108,7 @@ def test_a_plan_step_that_only_the_sandbox_passes_proves_the_change(
     config = LoopConfig.model_validate({"services": {"gateway": {"path": "gw", "run": "x"}},
                                         "validate": [{"plan": "plans/checkout.yaml"}]})
 
-    verdict = run_validation(config=config, worktree=repo, base_commit=git.head(repo), sandbox=sandbox, backend=None,
+    verdict = run_validation(config=config, worktree=repo, repo=repo, base_commit=git.head(git.Worktree(repo, repo)), sandbox=sandbox, backend=None,
                              out_dir=tmp_path / "out")
 
     assert verdict.passed and verdict.comparison.fixed == ["checkout: place an order"], verdict.reasons

@@ -22,8 +22,8 @@ UNIT = {"suite": "unit", "run": "python -m pytest -q -p no:cacheprovider tests"}
 def _validate(repo: Path, tmp_path: Path, validate: list[dict[str, object]], *, require: str = "proven",
               sandbox: SandboxInfo | None = None) -> Verdict:
     config = LoopConfig.model_validate({"services": {}, "validate": validate, "require": require})
-    base = git.head(repo)
-    return run_validation(config=config, worktree=repo, base_commit=base, sandbox=sandbox, backend=None,
+    base = git.head(git.Worktree(repo, repo))
+    return run_validation(config=config, worktree=repo, repo=repo, base_commit=base, sandbox=sandbox, backend=None,
                           out_dir=tmp_path / "out")
 
 

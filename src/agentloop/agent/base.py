@@ -16,6 +16,7 @@ class EditTask(BaseModel):
 
     run_id: str
     worktree: Path
+    repo: Path = Field(description="The user's repository the worktree belongs to; loop's git trusts only it.")
     issue: Issue
     iteration: int
     services: dict[str, str] = Field(default_factory=dict, description="service -> path in the repo")

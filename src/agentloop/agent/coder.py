@@ -25,6 +25,7 @@ from agentloop.agent.transcript import Transcript
 from agentloop.config import LoopConfig
 from agentloop.errors import ModelError
 from agentloop.records import EditResult, Usage
+from agentloop.redact import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +68,27 @@ class AgentCoder:
     """Implements `Coder` over any ModelClient (the Anthropic API, a replayed or a recording one)."""
 
     def __init__(self, model: ModelClient, *, config: LoopConfig, transcript: Transcript,
-                 secrets: Sequence[str] = (), use_bwrap: bool | None = None) -> None:
+                 secrets: Sequence[str] = (), use_bwrap: bool | None = None,
+                 redactor: Redactor | None = None) -> None:
         self.model = model
         self.config = config
         self.transcript = transcript
-        self._secrets = list(secrets)
+        # what the model is sent has loop's secrets masked: the task, tool results, even its own echoes
+        self._redactor = (redactor or Redactor.from_environment()).with_values(*secrets)
         self._use_bwrap = use_bwrap
         self._pricer = Pricer()
 
     def edit(self, task: EditTask, on_usage: UsageCallback | None = None) -> EditResult:
-        shell = ConfinedShell(task.worktree, self.config.policy, extra_env=task.sandbox_env,
+        shell = ConfinedShell(task.worktree, self.config.policy, extra_env=task.sandbox_env, repo=task.repo,
                               use_bwrap=self._use_bwrap)
         toolbox = ToolBox(shell, Editor(task.worktree, self.config.policy.output_limit),
-                          sandbox_env=task.sandbox_env, secrets=self._secrets)
+                          sandbox_env=task.sandbox_env, redactor=self._redactor)
+        try:
+            return self._converse(task, toolbox, on_usage)
+        finally:
+            shell.close()
+
+    def _converse(self, task: EditTask, toolbox: ToolBox, on_usage: UsageCallback | None) -> EditResult:
         # A resumed run replays (or records) from the call where its last finished iteration ended.
         seek = getattr(self.model, "seek", None)
         if seek is not None:
@@ -93,7 +102,7 @@ class AgentCoder:
         tools[-1]["cache_control"] = dict(_EPHEMERAL)
         system = [{"type": "text", "text": load_prompt("system"), "cache_control": dict(_EPHEMERAL)}]
         messages: list[dict[str, Any]] = [
-            {"role": "user", "content": [{"type": "text", "text": render_task(task)}]}
+            {"role": "user", "content": [{"type": "text", "text": self._redactor.mask(render_task(task))}]}
         ]
         self.transcript.write("start", iteration=task.iteration, run_id=task.run_id, model=self.model.model,
                               system=system, tools=tools)
@@ -130,7 +139,7 @@ class AgentCoder:
             spent = budget.spent(usage)
             if spent is not None:
                 return EditResult(summary=summary, usage=usage, turns=turn, stop_reason="budget", error=spent)
-            messages.append({"role": "assistant", "content": content})
+            messages.append({"role": "assistant", "content": self._redactor.mask_data(content)})
             calls = [block for block in content if block.get("type") == "tool_use"]
             if calls:
                 messages.append({"role": "user", "content": [self._run_tool(toolbox, c, task, turn) for c in calls]})

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from pathlib import Path
 from string import Template
 
-import git
-
+from agentloop import git
 from agentloop.agent.base import EditTask
 
 _MAX_MAP_FILES = 300
@@ -29,10 +27,9 @@ def _untrusted(text: str, empty: str = "(none)") -> str:
     return text or empty
 
 
-def repo_map(worktree: Path) -> str:
+def repo_map(worktree: git.Worktree) -> str:
     """Tracked and new (not ignored) files of the worktree, one per line, capped."""
-    files = git.Repo(worktree).git.ls_files("--cached", "--others", "--exclude-standard").splitlines()
-    files = sorted(set(files))
+    files = sorted(set(git.ls_files(worktree)))
     shown = "\n".join(files[:_MAX_MAP_FILES])
     return shown + (f"\n[... {len(files) - _MAX_MAP_FILES} more files]" if len(files) > _MAX_MAP_FILES else "")
 
@@ -56,7 +53,7 @@ def render_task(task: EditTask) -> str:
         "checks": _checks(task),
     }
     if task.iteration <= 1:
-        values["repo_map"] = repo_map(task.worktree)
+        values["repo_map"] = repo_map(git.Worktree(task.repo, task.worktree))
         return Template(load_prompt("edit")).substitute(values)
     values.update(failures=_untrusted(task.failures), logs=_untrusted(task.logs),
                   diff=_untrusted(task.diff, "(no change yet)").replace("```", "` ` `"))

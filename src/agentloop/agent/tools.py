@@ -1,8 +1,9 @@
 """The agent's tools: Anthropic's text editor and bash client tools, and `http_request` to the sandbox.
 
 Every call is answered with a tool_result; a refused or malformed call is an error result (is_error)
-with the reason, so the model can correct itself and the run goes on. Every result has the values of
-secret environment variables masked before the model (or the transcript) sees it.
+with the reason, so the model can correct itself and the run goes on. Every result has loop's known
+secrets and high-confidence secret patterns masked (`agentloop.redact`) before the model (or the
+transcript) sees it; ordinary code such as `token = "abc"` is shown as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentloop.agent.editor import Editor, EditorError, EditorInput
 from agentloop.agent.policy import ConfinedShell
-from agentloop.redact import MASK, secret_values
+from agentloop.redact import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,12 @@ class ToolBox:
     LOOP_ROUTING_HEADERS (JSON) and LOOP_URL_<SERVICE>; without a sandbox there is no http_request."""
 
     def __init__(self, shell: ConfinedShell, editor: Editor, *, sandbox_env: Mapping[str, str],
-                 secrets: Sequence[str] = (), http_timeout: float = 30.0) -> None:
+                 secrets: Sequence[str] = (), redactor: Redactor | None = None,
+                 http_timeout: float = 30.0) -> None:
         self.shell = shell
         self.editor = editor
         self._sandbox_env = dict(sandbox_env)
-        self._secrets = list(secrets)
+        self._redactor = (redactor or Redactor.from_environment()).with_values(*secrets)
         self._http_timeout = http_timeout
 
     @property
@@ -101,12 +103,9 @@ class ToolBox:
         return ToolOutcome(content=self._mask(outcome.content), is_error=outcome.is_error)
 
     def _mask(self, text: str) -> str:
-        # Only literal secret values are masked here, not secret-shaped text: the model must see code
-        # like `api_key = os.environ[...]` as it is, or its str_replace calls would never match.
-        for value in sorted({*self._secrets, *secret_values()}, key=len, reverse=True):
-            if len(value) >= 6:
-                text = text.replace(value, MASK)
-        return text
+        # Known values and high-confidence patterns only: the model must see code like
+        # `api_key = os.environ[...]` as it is, or its str_replace calls would never match.
+        return self._redactor.mask(text)
 
     def _editor(self, raw: dict[str, Any]) -> ToolOutcome:
         try:

@@ -21,7 +21,7 @@ from agentloop.redact import MASK, is_secret_name, redact
 OutputFormat = Literal["yaml", "json"]
 FORMATS: tuple[OutputFormat, ...] = ("yaml", "json")
 # Looks secret by name but is not: the route key is shown by `ls` and sent in every routed request.
-_PUBLIC = frozenset({"LOOP_ROUTE_KEY"})
+_PUBLIC = frozenset({"LOOP_ROUTE_KEY", "SIGNADOT_SANDBOX_ROUTING_KEY"})
 
 
 def _secret(name: str) -> bool:

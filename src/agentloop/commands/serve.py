@@ -52,8 +52,12 @@ def build_app(
     app_id = _require(source, "GITHUB_APP_ID", "set it to the App ID from the App's settings page")
     key = load_private_key(_require(source, "GITHUB_APP_PRIVATE_KEY", "set it to the App's private key (PEM or path)"))
     secret = _require(source, "GITHUB_WEBHOOK_SECRET", "set it to the webhook secret you gave GitHub")
-    api_url = (source.get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
+    api_url = (source.get("GITHUB_API_URL") or "https://api.github.com").strip().rstrip("/")
+    if not api_url.startswith(("https://", "http://")) or any(c.isspace() for c in api_url):
+        raise ConfigError(f"GITHUB_API_URL={api_url!r}: not an http(s) URL; e.g. https://github.example.com/api/v3")
     work = (workdir or default_workdir()).expanduser().resolve()
+    if work.exists() and not work.is_dir():
+        raise ConfigError(f"--workdir {work}: is a file; give a directory for clones and the queue")
     jobs = JobQueue.open(queue or work / "queue.sqlite3")
     auth = AppAuth(app_id, key, api_url=api_url)
     worker = Worker(

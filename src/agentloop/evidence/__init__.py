@@ -1,6 +1,14 @@
 """Evidence: the run record's `evidence.json` and the pull request body rendered from it."""
 
-from agentloop.evidence.record import EVIDENCE_FILE, SCHEMA_VERSION, artifacts, sha256_of, write_evidence
+from agentloop.evidence.record import (
+    EVIDENCE_FILE,
+    SCHEMA_VERSION,
+    artifacts,
+    finalize_evidence,
+    sha256_of,
+    write_evidence,
+)
 from agentloop.evidence.report import is_draft, render_report
 
-__all__ = ["EVIDENCE_FILE", "SCHEMA_VERSION", "artifacts", "is_draft", "render_report", "sha256_of", "write_evidence"]
+__all__ = ["EVIDENCE_FILE", "SCHEMA_VERSION", "artifacts", "finalize_evidence", "is_draft", "render_report",
+           "sha256_of", "write_evidence"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import re
 from collections.abc import Iterator, Mapping
@@ -19,13 +20,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from agentloop.records import DeployResult, Diagnosis, SandboxInfo, Usage, Verdict
-from agentloop.redact import redact
+from agentloop.evidence.counts import changes_per_iteration, recount
+from agentloop.records import DeployResult, Diagnosis, SandboxInfo, SuiteResult, Usage, Verdict
+from agentloop.redact import Redactor
+from agentloop.verdict_words import verdict_word
 
 SCHEMA_VERSION = 1
 EVIDENCE_FILE = "evidence.json"
 REPORT_FILE = "report.md"
 EXCLUDED = ("evidence.json", "checkpoints*", "events.jsonl", "run.json", "logs/*", "reruns/*", "*.tmp")
+log = logging.getLogger(__name__)
 _TIME_GROUPS = {"provisioning": ("deploy",), "tests": ("validate",), "model": ("edit",)}
 
 
@@ -50,25 +54,34 @@ def _files(run_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def build_evidence(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The evidence dict, without `artifacts` (added once every other file is written)."""
+    """The evidence dict, without `artifacts` (added once every other file is written). `state["status"]`
+    is the status the run ends with (the node writing the evidence knows it); `finalize_evidence`
+    corrects it if the run ends otherwise after all."""
     attempts = list(state.get("attempts") or [])
-    latest = state.get("verdict") or next((a.get("verdict") for a in reversed(attempts) if a.get("verdict")), None)
+    # the verdict and the iteration whose validation gave it (a later iteration may have failed to deploy)
+    validated = next((a for a in reversed(attempts) if a.get("verdict")), None)
+    latest = state.get("verdict") or (validated or {}).get("verdict")
     verdict = Verdict.model_validate(latest) if latest else None
+    at = int((validated or {}).get("iteration") or len(attempts))
+    changes = changes_per_iteration(run_dir, attempts)
     return {
         "schema_version": SCHEMA_VERSION,
         "run": {
             "id": state.get("run_id", run_dir.name), "status": state.get("status"), "model": state.get("model"),
-            "branch": state.get("branch"), "started_at": state.get("started_at"), "iterations": len(attempts),
-            "stopped_because": state.get("budget_spent") or state.get("error"),
+            "branch": state.get("branch"), "started_at": state.get("started_at"), "ended_at": state.get("ended_at"),
+            "iterations": len(attempts), "stopped_because": state.get("budget_spent") or state.get("error"),
+            "confinement": state.get("confinement"),
         },
         "issue": state.get("issue") or {},
         "repository": {"path": state.get("repo"), "branch": state.get("branch")},
         "commits": {"base": state.get("base_commit"), "head": state.get("head_commit")},
         "diff": diff_stats(run_dir / "diff.patch"),
         "sandbox": _sandbox(state.get("sandbox")),
-        "iterations": [_iteration(attempt, index) for index, attempt in enumerate(attempts, start=1)],
-        "verdict": _verdict(verdict) if verdict else {"passed": False, "proven": False, "reasons": ["never validated"],
-                                                      "unproven": [], "comparison": {}},
+        "iterations": [_iteration(run_dir, attempt, index, changes[index - 1])
+                       for index, attempt in enumerate(attempts, start=1)],
+        "verdict": _unvalidated_head(_verdict(verdict, run_dir, at), attempts, at) if verdict else {
+            "passed": False, "proven": False, "word": "failed", "reasons": ["never validated"], "unproven": [],
+            "comparison": {}, "results": [], "iteration": None},
         "time": time_per_node(run_dir / "events.jsonl"),
         "usage": {**Usage.model_validate(state.get("usage") or {}).model_dump(mode="json"),
                   "total_tokens": Usage.model_validate(state.get("usage") or {}).total_tokens},
@@ -78,12 +91,15 @@ def build_evidence(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_evidence(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any]:
-    """Write report.md and evidence.json (schema_version 1) into `run_dir`; return the evidence."""
+def write_evidence(run_dir: Path, state: Mapping[str, Any], *, redactor: Redactor | None = None) -> dict[str, Any]:
+    """Write report.md and evidence.json (schema_version 1) into `run_dir`; return the evidence.
+    Every string in them has the secrets `redactor` knows masked (default: the environment's)."""
     from agentloop.evidence.report import render_report
 
-    evidence: dict[str, Any] = _redacted(build_evidence(run_dir, state))
-    (run_dir / REPORT_FILE).write_text(render_report(evidence), encoding="utf-8")
+    redactor = redactor or Redactor.from_environment()
+    # issue text and test output may carry secrets
+    evidence: dict[str, Any] = redactor.mask_data(build_evidence(run_dir, state))
+    (run_dir / REPORT_FILE).write_text(render_report(evidence, redactor=redactor), encoding="utf-8")
     evidence["artifacts"] = artifacts(run_dir)
     tmp = run_dir / f"{EVIDENCE_FILE}.tmp"
     tmp.write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
@@ -91,15 +107,29 @@ def write_evidence(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any]:
     return evidence
 
 
-def _redacted(value: Any) -> Any:
-    """Every string in the evidence with secrets masked (issue text and test output may carry them)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: _redacted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    return value
+def finalize_evidence(run_dir: Path, *, status: str, message: str, pull_request: Mapping[str, Any] | None,
+                      ended_at: float) -> bool:
+    """Rewrite `evidence.json` with how the run ended (status, message, pull request, end time); False when
+    the run wrote none. Only evidence.json changes, and it is outside the hashed artifacts (it holds their
+    hashes); report.md does not show the run's status, so its recorded hash still holds. Files written
+    after the evidence (`error.txt`) are added to `artifacts`; recorded hashes are never replaced."""
+    path = run_dir / EVIDENCE_FILE
+    if not path.is_file():
+        return False
+    evidence: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    run = evidence.setdefault("run", {})
+    run.update(status=status, ended_at=ended_at)
+    if status != "published" and message:
+        run["stopped_because"] = message
+    if pull_request:
+        evidence["pull_request"] = dict(pull_request)
+    recorded = {item["path"] for item in evidence.get("artifacts") or []}
+    added = [item for item in artifacts(run_dir) if item["path"] not in recorded]
+    evidence["artifacts"] = sorted([*(evidence.get("artifacts") or []), *added], key=lambda item: item["path"])
+    tmp = run_dir / f"{EVIDENCE_FILE}.tmp"
+    tmp.write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+    return True
 
 
 def diff_stats(patch: Path) -> dict[str, Any]:
@@ -159,36 +189,69 @@ def _sandbox(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _iteration(attempt: Mapping[str, Any], index: int) -> dict[str, Any]:
+def _iteration(run_dir: Path, attempt: Mapping[str, Any], index: int, changed: list[str]) -> dict[str, Any]:
     verdict = Verdict.model_validate(attempt["verdict"]) if attempt.get("verdict") else None
     diagnosis = Diagnosis.model_validate(attempt["diagnosis"]) if attempt.get("diagnosis") else None
     deploy = DeployResult.model_validate(attempt["deploy"]) if attempt.get("deploy") else None
     edit = attempt.get("edit") or {}
+    number = int(attempt.get("iteration", index))
     return {
-        "iteration": attempt.get("iteration", index),
-        "changed_files": list(attempt.get("changed_files") or []),
+        "iteration": number,
+        "changed_files": changed,  # what this iteration's edit changed
+        "changed_since_base": list(attempt.get("changed_files") or []),
         "edit_summary": edit.get("summary", ""),
         "deploy": None if deploy is None else {
             "ok": deploy.ok, "forked": deploy.forked, "restarted": deploy.restarted, "error": deploy.error,
             "service": deploy.service, "exit_code": deploy.exit_code,
         },
-        "verdict": _verdict(verdict) if verdict else None,
+        "verdict": _verdict(verdict, run_dir, number) if verdict else None,
         "diagnosis": diagnosis.summary if diagnosis else "",
         "log_excerpts": dict(diagnosis.excerpts) if diagnosis else {},
     }
 
 
-def _verdict(verdict: Verdict) -> dict[str, Any]:
+def _verdict(verdict: Verdict, run_dir: Path, iteration: int) -> dict[str, Any]:
     return {
-        "passed": verdict.passed, "proven": verdict.proven, "reasons": verdict.reasons, "unproven": verdict.unproven,
+        "passed": verdict.passed, "proven": verdict.proven, "word": verdict_word(verdict.model_dump(mode="json")),
+        "reasons": verdict.reasons, "unproven": verdict.unproven, "needs_review": verdict.needs_review,
         "comparison": verdict.comparison.model_dump(mode="json"),
-        "results": [
-            {
-                "name": r.name, "kind": r.kind, "command": r.command, "ran": r.ran, "error": r.error,
-                "exit_code": r.exit_code, "duration": r.duration, "counts": r.counts(),
-                "failures": [{"name": t.name, "outcome": t.outcome, "message": t.message} for t in r.failed],
-                "flaky": [t.name for t in r.tests if t.flaky],
-            }
-            for r in verdict.results
-        ],
+        "baseline": [source.model_dump(mode="json") for source in verdict.baseline],
+        "results": [_result(r, run_dir, iteration) for r in verdict.results],
     }
+
+
+def _unvalidated_head(verdict: dict[str, Any], attempts: list[Mapping[str, Any]], at: int) -> dict[str, Any]:
+    """The verdict of iteration `at`, told as what it is when a later iteration's change (in the head
+    commit too) never reached validation: a failed deploy makes it "failed", a stop mid-edit no better
+    than "unproven"."""
+    verdict["iteration"] = at
+    last = attempts[-1] if attempts else {}
+    number = int(last.get("iteration") or len(attempts))
+    if number == at:
+        return verdict
+    deploy = last.get("deploy") or {}
+    if deploy and not deploy.get("ok", True):
+        verdict["word"], why = "failed", f"its deploy failed: {deploy.get('error') or 'see the log'}"
+    else:
+        verdict["word"] = "unproven" if verdict["word"] == "passed" else verdict["word"]
+        why = "the run stopped before validating it"
+    note = f"iteration {number}'s change was not validated ({why}); the results below are iteration {at}'s"
+    verdict["reasons"] = [*verdict["reasons"], note]
+    return verdict
+
+
+def _result(result: SuiteResult, run_dir: Path, iteration: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": result.name, "kind": result.kind, "command": result.command, "ran": result.ran, "error": result.error,
+        "exit_code": result.exit_code, "duration": result.duration, "counts": result.counts(), "counted_from": None,
+        "failures": [{"name": t.name, "outcome": t.outcome, "message": t.message} for t in result.failed],
+        "flaky": [t.name for t in result.tests if t.flaky],
+    }
+    # the counts a reviewer sees are those of the artifact the suite left, which `loop verify` recounts
+    counted = recount(run_dir, iteration, entry, [t.outcome for t in result.tests if t.flaky])
+    if counted is not None:
+        counts, source = counted
+        if counts != entry["counts"]:
+            log.warning("%s: %s counts %s, its results said %s", result.name, source, counts, entry["counts"])
+        entry.update(counts=counts, counted_from=source)
+    return entry

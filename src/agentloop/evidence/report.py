@@ -7,19 +7,24 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from agentloop.redact import redact
+from agentloop.redact import Redactor
+from agentloop.verdict_words import Word, is_summary_line, summary_line, verdict_word
 
 _TRUNCATED = "\n\n… (cut to fit the forge's limit; the full evidence is in the run record: `evidence.json`)\n"
 _MESSAGE_CHARS = 300
+# the headline's mark for each verdict word (`loop verify` reads it back)
+MARKS: dict[Word, str] = {"passed": "✅ Validated", "unproven": "🟡 Unproven", "failed": "❌ Failed"}
 
 
 def is_draft(evidence: Mapping[str, Any]) -> bool:
     """A draft while anything is unproven (a skipped suite, a flaky test) or validation did not pass."""
     verdict = evidence.get("verdict") or {}
-    return not verdict.get("passed") or bool(verdict.get("unproven")) or not verdict.get("proven")
+    return (verdict_word(verdict) != "passed" or not verdict.get("passed") or bool(verdict.get("unproven"))
+            or not verdict.get("proven") or bool(verdict.get("needs_review")))
 
 
-def render_report(evidence: Mapping[str, Any], max_chars: int | None = None) -> str:
+def render_report(evidence: Mapping[str, Any], max_chars: int | None = None, *,
+                  redactor: Redactor | None = None) -> str:
     verdict = evidence.get("verdict") or {}
     iterations = list(evidence.get("iterations") or [])
     template = Template((resources.files("agentloop") / "prompts" / "pr_body.md").read_text(encoding="utf-8"))
@@ -27,26 +32,40 @@ def render_report(evidence: Mapping[str, Any], max_chars: int | None = None) -> 
     diff = evidence.get("diff") or {}
     usage = evidence.get("usage") or {}
     body = template.safe_substitute(
-        headline=_headline(verdict, len(iterations)),
-        verdict_lines=_bullets([*verdict.get("reasons", [])[1:], *[f"⚠ {u}" for u in verdict.get("unproven", [])]]),
+        needs_review=_needs_review(verdict.get("needs_review") or []),
+        headline=headline(verdict, len(iterations)),
+        # the summary line is the headline's tail, with the counts of the table below
+        verdict_lines=_bullets([*_unconfined(evidence),
+                                *[r for r in verdict.get("reasons", []) if not is_summary_line(r)],
+                                *[f"⚠ {u}" for u in verdict.get("unproven", [])]]),
         sandbox=_sandbox(evidence.get("sandbox")),
         table=_table(verdict.get("results") or []),
         comparison=_comparison(verdict.get("comparison") or {}),
-        earlier=_earlier(iterations),
+        earlier=_earlier(iterations, verdict_word(verdict)),
         logs=_logs(iterations),
         run_id=(evidence.get("run") or {}).get("id", ""),
+        branch=(evidence.get("run") or {}).get("branch") or "",
         base=str(commits.get("base") or "")[:12], head=str(commits.get("head") or "")[:12],
         diff=f"{diff.get('files_changed', 0)} files, +{diff.get('insertions', 0)}/-{diff.get('deletions', 0)}",
         usage=f"{usage.get('total_tokens', 0)} tokens, ${float(usage.get('cost_usd', 0.0)):.2f}",
         loop_version=(evidence.get("versions") or {}).get("loop", ""),
         closing=_closing(evidence),
     )
-    body = redact(body)
+    body = (redactor or Redactor.from_environment()).mask(body)
     if max_chars is not None and len(body) > max_chars:
         closing = f"\n\n{_closing(evidence)}\n"
         keep = max(0, max_chars - len(_TRUNCATED) - len(closing))
         body = body[:keep] + _TRUNCATED + closing
     return body
+
+
+def _unconfined(evidence: Mapping[str, Any]) -> list[str]:
+    confinement = (evidence.get("run") or {}).get("confinement")
+    if not confinement or confinement.get("confined", True):
+        return []
+    warning = ("⚠ **Ran unconfined**: bubblewrap was not usable, and the run was allowed to execute the agent's "
+               "code (tests, services) without a jail (`--allow-unconfined`). Review the change with that in mind.")
+    return [warning]
 
 
 def _closing(evidence: Mapping[str, Any]) -> str:
@@ -55,14 +74,11 @@ def _closing(evidence: Mapping[str, Any]) -> str:
     return f"Fixes #{number}" if number else ""
 
 
-def _headline(verdict: Mapping[str, Any], iterations: int) -> str:
-    reasons = verdict.get("reasons") or [""]
+def headline(verdict: Mapping[str, Any], iterations: int) -> str:
+    """`✅ Validated after 2 iterations — passed: 1 suite; 3 passed`: the word, then the table's totals."""
+    word = verdict_word(verdict)
     after = f" after {iterations} iteration{'s' if iterations != 1 else ''}" if iterations else ""
-    if verdict.get("passed"):
-        mark = "✅ Validated" if not verdict.get("unproven") else "🟡 Validated, with something unproven (draft)"
-    else:
-        mark = "❌ Not validated"
-    return f"{mark}{after} — {reasons[0]}"
+    return f"{MARKS[word]}{after} — {summary_line(word, verdict.get('results') or [])}"
 
 
 def _bullets(lines: Sequence[str]) -> str:
@@ -86,7 +102,7 @@ def _table(results: Sequence[Mapping[str, Any]]) -> str:
         counts = result.get("counts") or {}
         if not result.get("ran", True):
             mark = "⏭"
-        elif result.get("error") or result.get("failures"):
+        elif result.get("error") or counts.get("failed", 0) + counts.get("error", 0):
             mark = "❌"
         else:
             mark = "✅"
@@ -104,20 +120,35 @@ def _table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(rows) + (f"\n\n{extra}" if extra else "")
 
 
+def _needs_review(changes: Sequence[str]) -> str:
+    """The changes loop cannot vouch for, first thing in the body (the pull request is a draft)."""
+    if not changes:
+        return ""
+    intro = ("**Needs review:** this change touches tests or test infrastructure, so loop does not call it proven "
+             "(draft). Check each of these by hand:")
+    lines = [intro, ""]
+    lines += [f"- {change}" for change in changes]
+    return "\n".join(lines) + "\n\n"
+
+
 def _comparison(comparison: Mapping[str, Any]) -> str:
     lines = []
     for key, title in (
-        ("fixed", "Fixed (fail on the baseline, pass in the sandbox)"),
+        ("fixed", "Fixed by this change (fail on the baseline, pass in the sandbox)"),
         ("regressions", "Regressions (pass on the baseline, fail in the sandbox)"),
         ("preexisting", "Already failing on the baseline (not caused by this change)"),
         ("flaky", "Flaky (failed, then passed on a rerun; not blocking)"),
     ):
         names = comparison.get(key) or []
         lines.append(f"- **{title}:** " + (", ".join(f"`{n}`" for n in names) if names else "none"))
+    if comparison.get("not_reproducing"):
+        names = ", ".join(f"`{n}`" for n in comparison["not_reproducing"])
+        lines.append(f"- **The change's tests that pass on the baseline too (they prove nothing):** {names}")
     return "\n".join(lines)
 
 
-def _earlier(iterations: Sequence[Mapping[str, Any]]) -> str:
+def _earlier(iterations: Sequence[Mapping[str, Any]], word: Word) -> str:
+    """Each earlier iteration: the files it changed and how it ended; then what the last one changed."""
     if len(iterations) < 2:
         return ""
     lines = ["", "### Earlier iterations", ""]
@@ -128,11 +159,16 @@ def _earlier(iterations: Sequence[Mapping[str, Any]]) -> str:
             failed = f"deploy failed ({deploy.get('service') or 'sandbox'}): {_one_line(deploy.get('error') or '')}"
         else:
             failed = _one_line("; ".join((verdict.get("reasons") or ["not validated"])[:2]))
-        lines.append(f"{item.get('iteration')}. {failed}")
-    fix = iterations[-1]
-    changed = ", ".join(f"`{name}`" for name in fix.get("changed_files") or []) or "the worktree"
-    lines.append(f"\nFixed in iteration {fix.get('iteration')} by changing {changed}: {_one_line(fix.get('edit_summary') or '')}")
+        lines.append(f"{item.get('iteration')}. changed {_files(item)} — {failed}")
+    last = iterations[-1]
+    how = (f"Fixed in iteration {last.get('iteration')} by changing" if word == "passed"
+           else f"Iteration {last.get('iteration')} ({word}) changed")
+    lines.append(f"\n{how} {_files(last)}: {_one_line(last.get('edit_summary') or '')}")
     return "\n".join(lines) + "\n"
+
+
+def _files(iteration: Mapping[str, Any]) -> str:
+    return ", ".join(f"`{name}`" for name in iteration.get("changed_files") or []) or "nothing"
 
 
 def _logs(iterations: Sequence[Mapping[str, Any]]) -> str:

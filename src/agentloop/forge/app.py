@@ -1,8 +1,10 @@
 """The GitHub App's webhook server (starlette on uvicorn): webhooks in, jobs queued, runs out.
 
 Order of checks for POST /webhook: body size (413), signature over the raw body (401) -- nothing is
-parsed before the signature holds -- then event routing; ignored events answer 202 with the reason,
-which is also logged.
+parsed before the signature holds -- then the JSON (400: not JSON, not an object, nested too deeply),
+then the fields loop reads (422, naming the field; see `events`), and only then is the delivery
+remembered and acted on. Ignored events answer 202 with the reason, which is also logged. Every answer
+is ASCII JSON, whatever bytes the payload carried.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agentloop.forge.events import (
+    MAX_DEPTH,
+    EventT,
+    IssueCommentEvent,
+    IssuesEvent,
+    PayloadError,
+    depth,
+    parse_event,
+)
 from agentloop.forge.github import STATUS_MARKER
 from agentloop.forge.queue import JobQueue
 from agentloop.forge.worker import Worker
@@ -31,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024  # GitHub caps payloads at 25 MB but issue events are a few KB
 TRUSTED = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 COMMANDS = ("fix", "stop", "retry")
+_DELIVERY = re.compile(r"[A-Za-z0-9._:-]{1,100}")  # GitHub sends a GUID
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,17 @@ def signature_for(secret: str, body: bytes) -> str:
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    return bool(header) and hmac.compare_digest(signature_for(secret, body), str(header))
+    # compare_digest refuses non-ASCII str; such a header is simply wrong, never a crash
+    if not header or not header.isascii():
+        return False
+    return hmac.compare_digest(signature_for(secret, body).encode(), header.encode())
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON escaped to ASCII: a payload's lone surrogates or odd bytes echoed in a reason cannot break it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = None) -> Starlette:
@@ -65,50 +88,50 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = N
             body = await _read_body(request, settings.max_body)
             if not verify_signature(settings.webhook_secret, body, request.headers.get("x-hub-signature-256")):
                 raise _Reject(401, "missing or wrong X-Hub-Signature-256")
+            delivery = request.headers.get("x-github-delivery") or None
+            if delivery is not None and not _DELIVERY.fullmatch(delivery):
+                raise _Reject(400, "X-GitHub-Delivery is not a delivery id")
             # The queue may be a remote PostgreSQL: keep its round trips off the event loop.
-            return await run_in_threadpool(
-                _handle, request.headers.get("x-github-event", ""), request.headers.get("x-github-delivery"), body
-            )
+            return await run_in_threadpool(_handle, request.headers.get("x-github-event", ""), delivery, body)
         except _Reject as reject:
             log.warning("webhook rejected (%s): %s", reject.status, reject.reason)
-            return JSONResponse({"error": reject.reason}, status_code=reject.status)
+            return _AsciiJSON({"error": reject.reason}, status_code=reject.status)
 
     def _handle(event: str, delivery: str | None, body: bytes) -> Response:
         if event == "ping":
-            return JSONResponse({"ok": True, "zen": "pong"})
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _Reject(400, "the body is not JSON") from None
-        if not isinstance(payload, dict):
-            raise _Reject(400, "the body is not a JSON object")
+            return _AsciiJSON({"ok": True, "zen": "pong"})
+        if event not in ("issues", "issue_comment"):
+            reason = f"event {event or '(none)'!r} is not one loop acts on"
+            log.info("delivery %s ignored: %s", delivery, reason)
+            return _AsciiJSON({"ignored": reason}, status_code=202)
+        command = _command(event, _json_object(body), settings)
+        # remembered only once it could be read: a fixed redelivery of a rejected one still counts
         if delivery and not queue.record_delivery(delivery):
             log.info("delivery %s already handled; nothing new started", delivery)
-            return JSONResponse({"ignored": "redelivery"}, status_code=202)
-        command = _command(event, payload, settings)
+            return _AsciiJSON({"ignored": "redelivery"}, status_code=202)
         if isinstance(command, str):
             log.info("delivery %s (%s) ignored: %s", delivery, event, command)
-            return JSONResponse({"ignored": command}, status_code=202)
+            return _AsciiJSON({"ignored": command}, status_code=202)
         action, repo, issue, installation = command
         if action == "stop":
             cancelled = queue.cancel_queued(repo, issue)
             running = worker.cancel(repo, issue) if worker else False
-            return JSONResponse({"stopped": bool(cancelled) or running}, status_code=202)
+            return _AsciiJSON({"stopped": bool(cancelled) or running}, status_code=202)
         job = queue.enqueue(repo=repo, issue=issue, installation_id=installation, action=action, delivery_id=delivery)
         if job is None:
             log.info("%s#%s: a run is already queued or running; nothing new started", repo, issue)
-            return JSONResponse({"ignored": "a run for this issue is already queued or running"}, status_code=202)
+            return _AsciiJSON({"ignored": "a run for this issue is already queued or running"}, status_code=202)
         if worker:
             worker.notify()
         log.info("%s#%s: queued job %s (%s)", repo, issue, job.id, action)
-        return JSONResponse({"queued": job.id}, status_code=202)
+        return _AsciiJSON({"queued": job.id}, status_code=202)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": True, "jobs": await run_in_threadpool(queue.counts)})
+        return _AsciiJSON({"ok": True, "jobs": await run_in_threadpool(queue.counts)})
 
     async def runs(request: Request) -> Response:
         jobs = await run_in_threadpool(queue.jobs)
-        return JSONResponse([job.model_dump(mode="json", exclude={"owner"}) for job in jobs])
+        return _AsciiJSON([job.model_dump(mode="json", exclude={"owner"}) for job in jobs])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,43 +168,54 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise _Reject(400, f"the body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise _Reject(400, "the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise _Reject(400, "the body is not a JSON object")
+    if depth(payload) > MAX_DEPTH:
+        raise _Reject(400, f"the body nests deeper than {MAX_DEPTH} levels")
+    return payload
+
+
 def _command(event: str, payload: dict[str, Any], settings: AppSettings) -> tuple[str, str, int, int | None] | str:
     """(action, repo, issue, installation id) to act on, or the reason to ignore the delivery."""
-    if event not in ("issues", "issue_comment"):
-        return f"event {event or '(none)'!r} is not one loop acts on"
-    action = payload.get("action")
-    issue = _field(payload, "issue", dict)
-    repo = _field(_field(payload, "repository", dict), "full_name", str)
-    number = _field(issue, "number", int)
-    installation = payload.get("installation", {}).get("id") if isinstance(payload.get("installation"), dict) else None
     if event == "issues":
-        labels = [label.get("name") for label in issue.get("labels", []) if isinstance(label, dict)]
-        if action == "labeled":
-            if _field(payload, "label", dict).get("name") != settings.label:
+        issues: IssuesEvent = _parse(IssuesEvent, payload)
+        installation = issues.installation.id if issues.installation else None
+        labels = [label.name for label in issues.issue.labels]
+        if issues.action == "labeled":
+            if issues.label is None or issues.label.name != settings.label:
                 return f"labeled with something other than {settings.label!r}"
-        elif action != "opened" or settings.label not in labels:
-            return f"issues.{action} without the {settings.label!r} label"
-        return "fix", repo, number, installation
-    if action != "created":
-        return f"issue_comment.{action}"
-    comment = _field(payload, "comment", dict)
-    text = str(comment.get("body") or "").strip()
+        elif issues.action != "opened" or settings.label not in labels:
+            return f"issues.{issues.action} without the {settings.label!r} label"
+        return "fix", issues.repository.full_name, issues.issue.number, installation
+    comment_event: IssueCommentEvent = _parse(IssueCommentEvent, payload)
+    if comment_event.action != "created":
+        return f"issue_comment.{comment_event.action}"
+    comment = comment_event.comment
+    text = (comment.body or "").strip()
     words = text.split()
     if len(words) < 2 or words[0] != "/loop" or words[1] not in COMMANDS:
         return "comment is not a /loop command"
-    user = comment.get("user") if isinstance(comment.get("user"), dict) else {}
-    login = str(user.get("login", "")) if user else ""
-    if (user or {}).get("type") == "Bot" or STATUS_MARKER in text or (
+    user = comment.user
+    login = user.login if user else ""
+    if (user and user.type == "Bot") or STATUS_MARKER in text or (
         settings.app_slug and login == f"{settings.app_slug}[bot]"
     ):
         return f"comment from a bot ({login})"
-    if comment.get("author_association") not in TRUSTED:
-        return f"{login} ({comment.get('author_association')}) may not run loop; owners, members and collaborators can"
-    return words[1], repo, number, installation
+    if comment.author_association not in TRUSTED:
+        return f"{login} ({comment.author_association}) may not run loop; owners, members and collaborators can"
+    installation = comment_event.installation.id if comment_event.installation else None
+    return words[1], comment_event.repository.full_name, comment_event.issue.number, installation
 
 
-def _field(container: dict[str, Any], name: str, kind: type) -> Any:
-    value = container.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _Reject(422, f"payload field `{name}` is missing or not a {kind.__name__}")
-    return value
+def _parse(kind: type[EventT], payload: dict[str, Any]) -> EventT:
+    try:
+        return parse_event(kind, payload)
+    except PayloadError as exc:
+        raise _Reject(422, str(exc)) from None

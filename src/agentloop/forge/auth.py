@@ -108,9 +108,16 @@ class AppAuth:
                 f"installation {installation_id}: GitHub answered {response.status_code} to the token exchange; "
                 "check GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY and that the App is installed on the repository"
             )
-        data = response.json()
+        try:
+            data = response.json()
+            token = data["token"]
+        except (ValueError, KeyError, TypeError):
+            data, token = {}, None
+        if not isinstance(token, str) or not token:
+            raise AppAuthError(f"installation {installation_id}: GitHub's token exchange answer carries no token; "
+                               "check GITHUB_API_URL points at the GitHub API")
         log.info("installation %s: new access token", installation_id)
-        return str(data["token"]), _parse_time(str(data.get("expires_at", "")))
+        return token, _parse_time(str(data.get("expires_at", "")))
 
 
 class _InstallationToken:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
+from agentloop.git import Worktree
 from agentloop.records import Issue, PullRequest
 
 
@@ -20,7 +20,7 @@ class Forge(Protocol):
         ...
 
     def publish(
-        self, *, worktree: Path, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
     ) -> PullRequest:
         """Push the worktree's branch (already committed) and open the pull request."""
         ...

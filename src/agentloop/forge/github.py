@@ -2,7 +2,9 @@
 GitHub Enterprise Server through its API URL), pushes over HTTPS with the token.
 
 The token never touches `.git/config`, argv or a log: pushes pass it to git through the
-`GIT_CONFIG_COUNT` environment as a one-off `http.extraHeader`, and git's output is redacted.
+`GIT_CONFIG_COUNT` environment as a one-off `http.extraHeader`, and git's output is redacted. Git runs
+through `agentloop.git` (hardened settings, a scrubbed environment; a push from a run's worktree uses
+the git dir loop found for it, never the worktree's own `.git`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from agentloop import git as loopgit
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError, IssueNotFound, LoopError
 from agentloop.records import Issue, PullRequest
@@ -127,7 +130,7 @@ class GitHubForge:
         return None
 
     def publish(
-        self, *, worktree: Path, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: loopgit.Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
     ) -> PullRequest:
         self.push(worktree, branch)
         existing = self.find_pull_request(branch)
@@ -176,11 +179,10 @@ class GitHubForge:
         return self._clone_url
 
     def git_env(self) -> dict[str, str]:
-        """Environment that lets one git command authenticate to the clone URL, nothing persisted."""
+        """What lets one git command authenticate to the clone URL (added to loop's git environment for
+        that command only), nothing persisted."""
         basic = base64.b64encode(f"x-access-token:{self._current_token()}".encode()).decode()
         return {
-            **os.environ,
-            "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": "http.extraHeader",
             "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
@@ -191,18 +193,22 @@ class GitHubForge:
         return [self._current_token(), self.git_env()["GIT_CONFIG_VALUE_0"]]
 
     def git(self, args: list[str], cwd: Path | None = None) -> str:
-        """Run git with the token available for this command only; errors are redacted."""
-        env = self.git_env()
-        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+        """Run git (on loop's own clone, never a run's worktree) with the token available for this command
+        only; errors are redacted."""
+        return self._checked(args[0], loopgit.command(args, cwd=cwd, env=self.git_env(), check=False,
+                                                      network=True, timeout=600))
+
+    def push(self, worktree: loopgit.Worktree, branch: str) -> None:
+        # The branch belongs to the run alone; a resumed run may rewrite what an earlier attempt pushed.
+        self._checked("push", loopgit.push(worktree, self.clone_url(), f"HEAD:refs/heads/{branch}",
+                                           env=self.git_env()))
+        log.info("%s: pushed %s", self.repo_slug, branch)
+
+    def _checked(self, verb: str, done: subprocess.CompletedProcess[str]) -> str:
         if done.returncode != 0:
             detail = redact(done.stderr.strip()[-2000:], extra=self.secret_values())
-            raise GitHubError(f"git {args[0]} to {self.repo_slug} failed: {detail}")
+            raise GitHubError(f"git {verb} to {self.repo_slug} failed: {detail}")
         return done.stdout
-
-    def push(self, worktree: Path, branch: str) -> None:
-        # The branch belongs to the run alone; a resumed run may rewrite what an earlier attempt pushed.
-        self.git(["push", "--force", self.clone_url(), f"HEAD:refs/heads/{branch}"], cwd=worktree)
-        log.info("%s: pushed %s", self.repo_slug, branch)
 
     def close(self) -> None:
         self._client.close()
@@ -322,5 +328,5 @@ def _message(response: httpx.Response) -> str:
 
 
 def _origin_slug(repo: Path) -> str | None:
-    done = subprocess.run(["git", "remote", "get-url", "origin"], check=False, cwd=repo, capture_output=True, text=True)
+    done = loopgit.command(["remote", "get-url", "origin"], cwd=repo, check=False)
     return slug_from_remote(done.stdout) if done.returncode == 0 else None

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from agentloop.errors import IssueNotFound
+from agentloop.git import Worktree, head
+from agentloop.inputs import read_text
 from agentloop.paths import state_dir
 from agentloop.records import Issue, PullRequest
 
@@ -50,10 +52,8 @@ class LocalForge:
         return None
 
     def publish(
-        self, *, worktree: Path, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
     ) -> PullRequest:
-        from agentloop.git import head
-
         existing = self.find_pull_request(branch)
         number = existing.number if existing and existing.number else self._claim_number()
         body_path = self._pulls / f"{number}.md"
@@ -91,11 +91,13 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def parse_issue_file(path: Path, number: int) -> Issue:
     """`# Title` on the first line, an optional `labels: a, b` line, then the body."""
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_text(path, what="issue file", error=IssueNotFound).strip()
     if not text:
         raise IssueNotFound(f"{path}: the issue file is empty; write a `# title` line and a description")
     first, _, rest = text.partition("\n")
-    title = first.lstrip("#").strip() or f"Issue {number}"
+    title = first.lstrip("#").strip()
+    if not title:
+        raise IssueNotFound(f"{path}: the issue has no title; write it on the first line, after the `#`")
     labels: list[str] = []
     second, _, after = rest.strip().partition("\n")
     if second.lower().startswith("labels:"):

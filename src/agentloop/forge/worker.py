@@ -4,6 +4,10 @@ The runner is reached through a seam (`run_fix`, `run_resume`) so that the worke
 how a run is built; by default it is `agentloop.runner.fix` / `agentloop.runner.resume`, imported
 when first needed. A job that carries a run id (its server stopped mid-run) is resumed from the run's
 checkpoint; one without is started again.
+
+Whatever happens to a job -- a name GitHub would never issue, GitHub unreachable when the run ends,
+a crash -- it leaves `running` with a status and a reason: nothing the job does can keep the queue
+from hearing how it ended. Every path the worker touches is checked to stay under its workdir.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Protocol
 
 from agentloop.errors import LoopError
 from agentloop.forge.github import GitHubForge
+from agentloop.forge.names import split_slug
 from agentloop.forge.queue import Job, JobQueue, JobStatus
 from agentloop.records import Issue, PullRequest
 from agentloop.redact import redact
@@ -88,7 +93,7 @@ class Worker:
         forge_options: dict[str, Any] | None = None,
     ):
         self.queue = queue
-        self.workdir = workdir
+        self.workdir = workdir.expanduser().resolve()
         self.api_url = api_url
         self.tokens = tokens
         self.model = model or os.environ.get("LOOP_MODEL") or None
@@ -164,33 +169,36 @@ class Worker:
         key = (job.repo, job.issue)
         with self._cancels_lock:
             self._cancels[key] = cancel
-        try:
-            token = self.tokens(job.installation_id)
-        except LoopError as exc:
-            self.queue.finish(job.id, "failed", message=str(exc))
-            return
-        forge = GitHubForge(job.repo, api_url=self.api_url, token=token, **self.forge_options)
+        forge: GitHubForge | None = None
+        tokens = _SeenTokens()
         issue = Issue(number=job.issue, title="")
+        status: JobStatus = "error"
+        message, run_id, pull = "the job ended without an outcome", job.run_id, None
         try:
+            self._clone_path(job)  # a name GitHub would never issue goes no further
+            tokens.source = self.tokens(job.installation_id)
+            forge = GitHubForge(job.repo, api_url=self.api_url, token=tokens, **self.forge_options)
             status, message, run_id, pull = self._execute(job, forge, issue, cancel)
         except LoopError as exc:
-            status, message, run_id, pull = "failed", str(exc), None, None
+            status, message = "failed", str(exc)
             self._tell(forge, issue, f"loop stopped: {exc}")
         except Exception as exc:
             log.exception("job %s (%s#%s) crashed", job.id, job.repo, job.issue)
-            status, message, run_id, pull = "error", f"{type(exc).__name__}: {exc}", None, None
+            status, message = "error", f"{type(exc).__name__}: {exc}"
             self._tell(forge, issue, "loop stopped on an internal error; the server log has the details.")
         finally:
             with self._cancels_lock:
                 self._cancels.pop(key, None)
-        if self._stop.is_set() and status == "interrupted":
-            log.info("job %s: interrupted by shutdown; it resumes when the server starts again", job.id)
-            forge.close()
-            return  # stays `running` under our owner: recover() puts it back in the queue at start
-        self.queue.finish(job.id, status, message=redact(message, extra=forge.secret_values()),
-                          run_id=run_id, pull_request_url=pull)
-        forge.close()
-        log.info("job %s (%s#%s): %s %s", job.id, job.repo, job.issue, status, pull or "")
+        try:
+            if self._stop.is_set() and status == "interrupted":
+                log.info("job %s: interrupted by shutdown; it resumes when the server starts again", job.id)
+                return  # stays `running` under our owner: recover() puts it back in the queue at start
+            self.queue.finish(job.id, status, message=redact(message, extra=_secrets(forge, tokens)),
+                              run_id=run_id, pull_request_url=pull)
+            log.info("job %s (%s#%s): %s %s", job.id, job.repo, job.issue, status, pull or "")
+        finally:
+            if forge is not None:
+                forge.close()
 
     def _execute(
         self, job: Job, forge: GitHubForge, issue: Issue, cancel: threading.Event
@@ -224,22 +232,77 @@ class Worker:
         """One clone per issue, kept across restarts so that a resumed run finds its worktree and record.
 
         A new run starts from the default branch as it is now; a resumed one keeps what it had."""
-        owner, name = job.repo.split("/", 1)
-        path = self.workdir / owner / name / f"issue-{job.issue}"
+        path = self._clone_path(job)
         if (path / ".git").exists():
             if refresh:
                 branch = str(forge.repository().get("default_branch", "main"))
                 forge.git(["fetch", "--quiet", forge.clone_url(), branch], cwd=path)
                 forge.git(["reset", "--quiet", "--hard", "FETCH_HEAD"], cwd=path)  # the server's own clone
             return path
-        if path.exists():
-            shutil.rmtree(path)  # a clone that died half-way
+        if path.exists() or path.is_symlink():
+            _remove(path, self.workdir)  # a clone that died half-way
         path.parent.mkdir(parents=True, exist_ok=True)
         forge.git(["clone", "--quiet", forge.clone_url(), str(path)])
         return path
 
-    def _tell(self, forge: GitHubForge, issue: Issue, text: str) -> None:
+    def _clone_path(self, job: Job) -> Path:
+        """`<workdir>/<owner>/<name>/issue-<n>`, refused unless the names are GitHub's and it stays inside."""
+        owner, name = split_slug(job.repo)
+        if job.issue < 1:
+            raise LoopError(f"job {job.id}: issue number {job.issue} is not an issue")
+        path = self.workdir / owner / name / f"issue-{job.issue}"
+        _inside(path, self.workdir)
+        return path
+
+    def _tell(self, forge: GitHubForge | None, issue: Issue, text: str) -> None:
+        """Best effort: the queue, not the issue, is where a job's end is recorded."""
+        if forge is None:
+            return
         try:
             forge.comment(issue, text)
-        except LoopError:
-            log.warning("could not comment on %s#%s", forge.repo_slug, issue.number)
+        except Exception as exc:  # noqa: BLE001 -- GitHub down, token refused: the job must still finish
+            log.warning("could not comment on %s#%s: %s", forge.repo_slug, issue.number, type(exc).__name__)
+
+
+class _SeenTokens:
+    """The installation token callable, remembering what it handed out so that a message can be
+    redacted even when GitHub no longer answers to renew it."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], str] | None = None
+        self.seen: list[str] = []
+
+    def __call__(self) -> str:
+        if self.source is None:
+            raise LoopError("no installation token yet")
+        token = self.source()
+        if token not in self.seen:
+            self.seen.append(token)
+        return token
+
+
+def _secrets(forge: GitHubForge | None, tokens: _SeenTokens) -> list[str]:
+    known = list(tokens.seen)
+    if forge is not None and tokens.seen:
+        try:
+            known += forge.secret_values()
+        except Exception:  # renewing the token needs GitHub; the tokens seen are what a message could hold
+            log.debug("could not renew the token to redact the job's message", exc_info=True)
+    return known
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """`path` resolved, or LoopError when it (or a symlink on the way) leads outside `root`."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise LoopError(f"{path}: outside the work directory {root}; refusing to touch it")
+    return resolved
+
+
+def _remove(path: Path, root: Path) -> None:
+    _inside(path.parent, root)
+    if path.is_symlink():
+        path.unlink()  # never follow a link out of the workdir
+    else:
+        _inside(path, root)
+        shutil.rmtree(path)

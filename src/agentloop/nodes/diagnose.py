@@ -27,6 +27,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         since=attempt.get("started_at", state.get("started_at", time.time())),
         until=time.time(),
         out_dir=ctx.record.iteration_dir(iteration),
+        redactor=ctx.redactor,
     )
     dumped = diagnosis.model_dump(mode="json")
     update: dict[str, Any] = {"diagnosis": dumped, "attempts": update_attempt(state, diagnosis=dumped, ended_at=time.time())}

@@ -19,7 +19,7 @@ from agentloop.state import RunState
 
 
 def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
-    worktree = Path(state["worktree"])
+    worktree = git.Worktree(ctx.repo, Path(state["worktree"]))
     iteration = state.get("iteration", 1)
     folder = ctx.record.iteration_dir(iteration)
     _restart_cleanly(worktree, folder / "pre-edit.tree")
@@ -30,14 +30,15 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     diagnosis = Diagnosis.model_validate(state.get("diagnosis") or {})
     task = EditTask(
         run_id=ctx.run_id,
-        worktree=worktree,
+        worktree=worktree.path,
+        repo=ctx.repo,
         issue=Issue.model_validate(state["issue"]),
         iteration=iteration,
         services={name: svc.path for name, svc in ctx.config.services.items()},
         checks=[s.suite + ": " + s.run for s in ctx.config.suites] + [p.plan for p in ctx.config.plans],
         failures=diagnosis.summary if iteration > 1 else "",
         logs="\n\n".join(f"## {svc}\n{text}" for svc, text in diagnosis.excerpts.items()) if iteration > 1 else "",
-        diff=git.diff(worktree, state["base_commit"]) if iteration > 1 else "",
+        diff=ctx.redactor.mask(git.diff(worktree, state["base_commit"])) if iteration > 1 else "",
         sandbox_env=_sandbox_env(state),
         usage_so_far=usage_before,
         deadline=_deadline(state, ctx),
@@ -79,7 +80,7 @@ def _deadline(state: RunState, ctx: RunContext) -> float | None:
     return state["started_at"] + minutes * 60 if minutes is not None and "started_at" in state else None
 
 
-def _restart_cleanly(worktree: Path, marker: Path) -> None:
+def _restart_cleanly(worktree: git.Worktree, marker: Path) -> None:
     if marker.exists():
         restore_tree(worktree, marker.read_text(encoding="utf-8").strip())
     else:

@@ -22,6 +22,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     branch = branch_name(int(state["issue"]["number"]), ctx.run_id)
     worktree = worktrees_dir(ctx.repo) / ctx.run_id
     git.add_worktree(repo, worktree, branch=branch, commit=base)
+    ctx.record.update_summary(branch=branch)  # run.json names the branch from the start, not only at the end
     ctx.forge.comment(
         Issue.model_validate(state["issue"]),
         f"loop run `{ctx.run_id}` is working on this issue on branch `{branch}`; "

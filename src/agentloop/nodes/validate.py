@@ -33,11 +33,15 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     verdict = run_validation(
         config=ctx.config,
         worktree=Path(state["worktree"]),
+        repo=ctx.repo,
         base_commit=state["base_commit"],
         sandbox=sandbox,
         backend=ctx.backend if ctx.has_services else None,
         out_dir=ctx.record.iteration_dir(iteration) / "validate",
     )
+    # validation masks what it writes with the environment's secrets as it goes; the run also knows
+    # `policy.secrets` and the forge's token, so its records (logs, JUnit, plan steps) get a last pass
+    ctx.redactor.mask_tree(ctx.record.iteration_dir(iteration) / "validate")
     dumped = verdict.model_dump(mode="json")
     ctx.emit(kind="verdict", iteration=iteration, passed=verdict.passed, reasons=verdict.reasons)
     return {**update, "verdict": dumped, "attempts": update_attempt(state, verdict=dumped)}

@@ -14,19 +14,21 @@ from typing import Any
 import yaml
 
 from agentloop.errors import ConfigError
+from agentloop.sandbox import route_key as rk
 
 Obj = dict[str, Any]
 
 SANDBOX_LABEL = "loop.dev/sandbox"
 SERVICE_LABEL = "loop.dev/service"
 FORK_LABEL = "loop.dev/fork"
+FORK_OF_LABEL = "loop.dev/fork-of"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "loop"}
 ROUTE_KEY_ANNOTATION = "loop.dev/route-key"
 EXPIRES_ANNOTATION = "loop.dev/expires-at"
 CREATED_ANNOTATION = "loop.dev/created-at"
 CODE_HASH_ANNOTATION = "loop.dev/code-hash"
 FORKED_FROM_ANNOTATION = "loop.dev/forked-from"
-ROUTE_KEY_ENTRY = "sd-routing-key"
+ROUTE_KEY_ENTRY = rk.ENTRY
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSION = "v1beta1"
 # Server-owned fields that must not be copied from a live baseline object into a new one.
@@ -106,6 +108,7 @@ class ForkSpec:
     env: dict[str, str]
     created_at: float
     expires_at: float
+    namespace: str
     container: str | None = None
 
 
@@ -133,30 +136,55 @@ def fork_labels(spec: ForkSpec, fork: str) -> dict[str, str]:
     return {SANDBOX_LABEL: spec.sandbox, SERVICE_LABEL: spec.service, FORK_LABEL: fork, **MANAGED_BY}
 
 
-def fork_deployment(base: Obj, spec: ForkSpec, *, service_selector: dict[str, str]) -> Obj:
-    """Copy `base` under a name of its own; its pods carry labels the baseline Service never selects."""
-    fork = dns_name(base["metadata"]["name"], "loop", spec.sandbox)
-    labels = fork_labels(spec, fork)
+def fqdn(service: str, namespace: str) -> str:
+    return f"{service}.{namespace}.svc.cluster.local"
+
+
+def _label_value(text: str) -> str:
+    return text if len(text) <= 63 else dns_name(text)
+
+
+def _own_labels(labels: dict[str, str], dropped: set[str], spec: ForkSpec, fork: str,
+                base_name: str) -> dict[str, str]:
+    """`labels` (the baseline's) made the fork's own: without the `dropped` keys (those by which the
+    baseline's selectors pick its pods). `app` and `version`, if dropped, come back with values of the
+    fork's own: Istio's telemetry and Kiali group by them, and the fork is then shown as what it is, never
+    mixed into the baseline's numbers."""
+    own = {k: v for k, v in labels.items() if k not in dropped}
+    if "app" in dropped:
+        own["app"] = fork
+    if "version" in dropped:
+        own["version"] = _label_value(f"loop-{spec.sandbox}")
+    return {**own, **fork_labels(spec, fork), FORK_OF_LABEL: _label_value(base_name)}
+
+
+def fork_deployment(base: Obj, spec: ForkSpec, *, selectors: list[dict[str, str]]) -> Obj:
+    """Copy `base` under a name of its own in `spec.namespace`. Every label key by which one of `selectors`
+    (every baseline Service's, and `base`'s own) picks `base`'s pods is dropped from the fork and its pods,
+    so no baseline Service, Deployment or `kubectl get -l` query on those labels selects the fork."""
+    base_name = str(base["metadata"]["name"])
+    fork = dns_name(base_name, "loop", spec.sandbox)
+    pods = _pod_labels(base)
+    selectors = [*selectors, dict(base["spec"].get("selector", {}).get("matchLabels") or {})]
+    dropped = {key for selector in selectors if selector and selector.items() <= pods.items() for key in selector}
     annotations = {ROUTE_KEY_ANNOTATION: spec.route_key, EXPIRES_ANNOTATION: f"{spec.expires_at:.3f}",
                    CREATED_ANNOTATION: f"{spec.created_at:.3f}", CODE_HASH_ANNOTATION: spec.code_hash,
-                   FORKED_FROM_ANNOTATION: base["metadata"]["name"]}
+                   FORKED_FROM_ANNOTATION: base_name}
     obj = copy.deepcopy(base)
     obj.pop("status", None)
     obj["apiVersion"], obj["kind"] = "apps/v1", "Deployment"
-    obj["metadata"] = _clean_metadata(base["metadata"], name=fork, labels=labels, annotations=annotations)
-    selected_keys = set(service_selector) | set(base["spec"].get("selector", {}).get("matchLabels", {}))
-    pod_labels = {k: v for k, v in _pod_labels(base).items() if k not in selected_keys}
-    if "app" in _pod_labels(base):
-        pod_labels["app"] = fork  # Istio telemetry groups by `app`; keep it, but never the baseline's value
+    obj["metadata"] = _clean_metadata(base["metadata"], name=fork, labels={}, annotations=annotations)
+    obj["metadata"]["labels"] = _own_labels(dict(obj["metadata"]["labels"]), dropped, spec, fork, base_name)
+    obj["metadata"]["namespace"] = spec.namespace
     template = obj["spec"]["template"]
     template.setdefault("metadata", {})
-    template["metadata"]["labels"] = {**pod_labels, **labels}
+    template["metadata"]["labels"] = _own_labels(pods, dropped, spec, fork, base_name)
     # The hash makes every code change a new pod template, so the rollout restarts even on a reused tag.
     template["metadata"]["annotations"] = {**(template["metadata"].get("annotations") or {}),
                                            CODE_HASH_ANNOTATION: spec.code_hash}
     obj["spec"]["selector"] = {"matchLabels": {SANDBOX_LABEL: spec.sandbox, FORK_LABEL: fork}}
     obj["spec"]["replicas"] = 1
-    container = _container(template["spec"]["containers"], spec.container, base["metadata"]["name"])
+    container = _container(template["spec"]["containers"], spec.container, base_name)
     container["image"] = spec.image
     env = [e for e in container.get("env") or [] if e.get("name") not in spec.env]
     container["env"] = env + [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
@@ -185,17 +213,15 @@ def fork_service(base_service: Obj | None, deployment: Obj, spec: ForkSpec) -> O
                   "targetPort": p["containerPort"]} for p in container_ports]
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": fork, "labels": fork_labels(spec, fork),
+        "metadata": {"name": fork, "namespace": spec.namespace, "labels": fork_labels(spec, fork),
                      "annotations": {EXPIRES_ANNOTATION: f"{spec.expires_at:.3f}"}},
         "spec": {"selector": deployment["spec"]["selector"]["matchLabels"], "ports": ports},
     }
 
 
 def route_matches(route_key: str, route_header: str) -> list[Obj]:
-    """Istio matches (ORed) for the W3C baggage/tracestate entries and the project's own header."""
-    entry = rf"(.*[,;] *)?{ROUTE_KEY_ENTRY}={re.escape(route_key)}([,;].*)?"
-    return [{"headers": {"baggage": {"regex": entry}}}, {"headers": {"tracestate": {"regex": entry}}},
-            {"headers": {route_header.lower(): {"exact": route_key}}}]
+    """Istio matches (ORed) that take exactly the requests the router reads `route_key` from (route_key.py)."""
+    return rk.istio_matches(route_key, route_header, ROUTE_KEY_ENTRY)
 
 
 def routing_headers(route_key: str, route_header: str) -> dict[str, str]:
@@ -212,14 +238,18 @@ def with_route(existing: Obj | None, *, host: str, namespace: str, sandbox: str,
     """`existing` with this sandbox's route first (replacing an older one of the same sandbox); a new
     VirtualService with the route and a default route to `host` when there is none. Other routes stay."""
     if existing is None:
+        # Fully qualified: a short name is resolved in the VirtualService's namespace, which is right only
+        # as long as the object is applied where it was meant to be.
+        full = fqdn(host, namespace)
         vs: Obj = {"apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}", "kind": "VirtualService",
                    "metadata": {"name": dns_name("loop", host), "labels": dict(MANAGED_BY)},
-                   "spec": {"hosts": [host], "http": [{"name": "default", "route": [{"destination": {"host": host}}]}]}}
+                   "spec": {"hosts": [full], "http": [{"name": "default", "route": [{"destination": {"host": full}}]}]}}
     else:
         vs = copy.deepcopy(existing)
         vs["metadata"] = {k: v for k, v in vs["metadata"].items() if k not in _SERVER_METADATA or k == "resourceVersion"}
         vs.pop("status", None)
-    destination: Obj = {"host": f"{fork_service_obj['metadata']['name']}.{namespace}.svc.cluster.local"}
+    vs["metadata"]["namespace"] = namespace
+    destination: Obj = {"host": fqdn(fork_service_obj["metadata"]["name"], namespace)}
     ports = fork_service_obj["spec"].get("ports", [])
     if len(ports) > 1:
         destination["port"] = {"number": ports[0]["port"]}

@@ -14,7 +14,7 @@ import copy
 import json
 from typing import Any
 
-from agentloop.sandbox.k8s_manifests import MANAGED_BY, ROUTE_KEY_ENTRY, _clean_metadata, dns_name
+from agentloop.sandbox.k8s_manifests import MANAGED_BY, ROUTE_KEY_ENTRY, _clean_metadata, dns_name, fqdn
 
 Obj = dict[str, Any]
 
@@ -73,12 +73,12 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
     port = ports[0]["port"] if ports else 80
     alias = baseline_alias_name(name)
     pod_labels = {ROUTER_LABEL: router, **MANAGED_BY}
-    env = {DEFAULT_ENV: f"http://{alias}.{namespace}.svc.cluster.local:{port}",
+    env = {DEFAULT_ENV: f"http://{fqdn(alias, namespace)}:{port}",
            ROUTES_ENV: json.dumps(routes, sort_keys=True), HEADER_ENV: route_header, ENTRY_ENV: ROUTE_KEY_ENTRY,
            SERVICE_ENV: name, "PORT": str(ROUTER_PORT)}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": router, "labels": dict(pod_labels)},
+        "metadata": {"name": router, "namespace": namespace, "labels": dict(pod_labels)},
         "spec": {"replicas": 1, "selector": {"matchLabels": {ROUTER_LABEL: router}},
                  "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [{
                      "name": "router", "image": router_image, "command": router_command,
@@ -89,7 +89,8 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
                      "env": [{"name": k, "value": v} for k, v in env.items()]}]}}},
     }
     alias_service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": alias, "labels": dict(MANAGED_BY)},
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": alias, "namespace": namespace, "labels": dict(MANAGED_BY)},
         "spec": {"selector": selector, "ports": ports},
     }
     fronted = copy.deepcopy(base_service)
@@ -98,6 +99,7 @@ def proxy_objects(*, base_service: Obj, namespace: str, router_image: str, route
         base_service["metadata"], name=name, labels={},
         annotations={ORIGINAL_SELECTOR_ANNOTATION: json.dumps(selector, sort_keys=True),
                      ORIGINAL_PORTS_ANNOTATION: json.dumps(ports, sort_keys=True)})
+    fronted["metadata"]["namespace"] = namespace
     fronted["spec"]["selector"] = {ROUTER_LABEL: router}
     fronted["spec"]["ports"] = [{**p, "targetPort": ROUTER_PORT} for p in ports]
     return [deployment, alias_service, fronted]

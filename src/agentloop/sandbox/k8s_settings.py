@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentloop import git
 from agentloop.config import LoopConfig
-from agentloop.errors import ConfigError, LoopError
+from agentloop.errors import ConfigError, LoopError, RepoError
 
 FIELD = "loop.yaml: sandbox.kubernetes"
 _FIELD = FIELD
@@ -109,15 +109,17 @@ def code_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def commit_of(source: Path, path: Path) -> str:
+def commit_of(repo: Path, source: Path, path: Path) -> str:
     """The worktree's commit, plus the code hash when the service has uncommitted changes (a new tag
-    for every iteration, since the agent's edits are committed only at publish)."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], check=False, cwd=source, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-    head = git("rev-parse", "--short=12", "HEAD")
-    if not head:
+    for every iteration, since the agent's edits are committed only at publish). A source that is not a
+    checkout of `repo` gets the code hash alone: loop runs no git in a directory it cannot vouch for."""
+    worktree = git.find_worktree(repo, source)
+    if worktree is None:
         return code_hash(path)[:12]
-    dirty = git("status", "--porcelain", "--", str(path))
-    return f"{head}-{code_hash(path)[:8]}" if dirty else head
+    try:  # a replaced `.git` (WorktreeTampered) is not caught: it stops the run
+        head = git.head(worktree)[:12]
+        dirty = git.run(worktree, "status", "--porcelain", "--ignore-submodules=dirty", "--", str(path)).stdout
+    except RepoError:
+        return code_hash(path)[:12]
+    return f"{head}-{code_hash(path)[:8]}" if dirty.strip() else head
 

@@ -40,6 +40,7 @@ from agentloop.sandbox.k8s_settings import (
     fill_env,
     render,
 )
+from agentloop.sandbox.route_key import fork_env
 
 __all__ = ["KubernetesSandboxBackend", "KubernetesSettings", "ServiceTarget", "plan_yaml"]
 
@@ -160,7 +161,7 @@ class KubernetesSandboxBackend:
         if not self.settings.build:
             return
         path = self._service_dir(service, source)
-        commit = commit_of(source, path)
+        commit = commit_of(self.repo, source, path)
         image = self._image(service, commit)
         command = render(self.settings.build, "build", image=image, service=service, commit=commit,
                           path=str(path), sandbox=name, namespace=self.settings.namespace)
@@ -181,6 +182,8 @@ class KubernetesSandboxBackend:
         check_name(name)
         objects: list[dict[str, Any]] = []
         routing: list[dict[str, Any]] = []
+        # As each Service was before a proxy router (if any) stood in front of it.
+        selectors = [dict(proxy.restored_service(s)["spec"].get("selector") or {}) for s in baseline.services]
         for service in sorted(forks):
             if service not in self.config.services:
                 raise ConfigError(f"--fork {service}: not a service in loop.yaml `services:`; "
@@ -188,13 +191,11 @@ class KubernetesSandboxBackend:
             deployment, base_service, container = self._target(baseline, service)
             path = self._service_dir(service, forks[service])
             spec = mf.ForkSpec(sandbox=name, service=service, route_key=route_key,
-                               image=self._image(service, commit_of(forks[service], path)), code_hash=code_hash(path),
+                               image=self._image(service, commit_of(self.repo, forks[service], path)), code_hash=code_hash(path),
                                env=self._env(service, name, route_key, baseline, deployment), created_at=created,
-                               expires_at=expires, container=container)
-            # As the Service was before a proxy router (if any) stood in front of it.
+                               expires_at=expires, namespace=self.settings.namespace, container=container)
             plain = proxy.restored_service(base_service) if base_service is not None else None
-            selector = dict(plain["spec"].get("selector") or {}) if plain else {}
-            fork = mf.fork_deployment(deployment, spec, service_selector=selector)
+            fork = mf.fork_deployment(deployment, spec, selectors=selectors)
             fork_svc = mf.fork_service(plain, fork, spec)
             objects += [fork, fork_svc]
             host = base_service["metadata"]["name"] if base_service else service
@@ -376,10 +377,9 @@ class KubernetesSandboxBackend:
             svc = baseline.service(target.service or other)
             port = svc["spec"]["ports"][0]["port"] if svc and svc["spec"].get("ports") else 80
             urls[other] = f"http://{target.service or other}.{ns}.svc.cluster.local:{port}"
-        env = {"LOOP_SANDBOX": name, "LOOP_ROUTE_KEY": route_key}
-        for key, template in self.config.services[service].env.items():
-            env[key] = fill_env(template, urls, container_port, f"services.{service}.env.{key}")
-        return env
+        env = {key: fill_env(template, urls, container_port, f"services.{service}.env.{key}")
+               for key, template in self.config.services[service].env.items()}
+        return {**env, **fork_env(name, route_key)}
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -34,6 +34,7 @@ from typing import Any
 
 from agentloop import git
 from agentloop.config import LoopConfig
+from agentloop.confine import Confinement
 from agentloop.errors import DeployError, LoopError
 from agentloop.records import ForkInfo, SandboxInfo
 from agentloop.sandbox import process, services
@@ -64,6 +65,7 @@ class LocalSandboxBackend:
         self.root = state_dir / "local"
         self.registry = Registry(self.root)
         self.owner_pid: int | None = os.getpid()
+        self.confinement = Confinement(config.policy)
 
     # ---- baseline -------------------------------------------------------------------------------
 
@@ -292,6 +294,8 @@ class LocalSandboxBackend:
         return services.start(
             service, config, source=source, log_path=log_dir / f"{service}.log", db_path=db_path,
             router_urls=self._router_urls(baseline), tag=(str(self.registry.path), name),
+            confinement=self.confinement, home=self._sandbox_dir(name) / "home" / service,
+            fork_of=(name, record.route_key),
         )
 
     def _mark_ready(self, name: str) -> SandboxInfo:
@@ -358,6 +362,7 @@ class LocalSandboxBackend:
                 launched[name], baseline.services[name] = services.start(
                     name, config, source=worktree, log_path=self._baseline_dir / "logs" / f"{name}.log",
                     db_path=db_path, router_urls=self._router_urls(baseline), tag=(str(self.registry.path), BASELINE),
+                    confinement=self.confinement, home=self._baseline_dir / "home" / name,
                 )
                 self.registry.write(data)
             _, failure = services.wait_all(launched, self.config.services)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +50,18 @@ def listening_socket() -> socket.socket:
 
 
 def spawn_router(
-    *, registry: Path, requests_dir: Path, route_header: str, sockets: Mapping[str, socket.socket], log_path: Path
+    *, registry: Path, requests_dir: Path, route_header: str, sockets: Mapping[str, socket.socket], log_path: Path,
+    upstream_timeout: float | None = None,
 ) -> ProcessRecord:
-    """Start the router process (see router.py) on the given listening sockets, in its own session."""
+    """Start the router process (see router.py) on the given listening sockets, in its own session.
+    `upstream_timeout`: seconds to wait for a service's response headers (None: the router's default)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "agentloop.sandbox.router", "--registry", str(registry),
         "--requests", str(requests_dir), "--route-header", route_header,
     ]
+    if upstream_timeout is not None:
+        argv += ["--upstream-timeout", f"{upstream_timeout:g}"]
     for name, sock in sockets.items():
         argv += ["--listen", f"{name}={sock.fileno()}"]
     with log_path.open("ab") as log_file:
@@ -170,26 +174,29 @@ class Started:
 
 
 def launch(
-    command: str,
+    command: Sequence[str],
     *,
     cwd: Path,
     env: Mapping[str, str],
     log_path: Path,
     port: int,
     tag: tuple[str, str, str],
+    shown: str = "",
+    max_log_mb: int = 64,
 ) -> Started:
-    """Run the shell `command` under the stamping launcher; `tag` is (registry, sandbox, service)."""
+    """Run `command` (argv, already wrapped in its jail) under the stamping launcher; `tag` is
+    (registry, sandbox, service); `shown` is the command as the user wrote it, for the log."""
     registry, sandbox, service = tag
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "agentloop.sandbox.stamp", "--log", str(log_path),
-        "--registry", registry, "--sandbox", sandbox, "--service", service, "--", "/bin/sh", "-c", command,
+        sys.executable, "-m", "agentloop.sandbox.stamp", "--log", str(log_path), "--max-mb", str(max_log_mb),
+        "--registry", registry, "--sandbox", sandbox, "--service", service, "--", *command,
     ]
     process = subprocess.Popen(
         argv, cwd=cwd, env=dict(env), start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    log.info("started %s/%s pid %s port %s: %s", sandbox, service, process.pid, port, command)
+    log.info("started %s/%s pid %s port %s: %s", sandbox, service, process.pid, port, shown or command)
     return Started(process, record_of(process.pid), port, log_path)
 
 

@@ -13,10 +13,12 @@ next request with no admin endpoint to keep in step.
 A request goes to a sandbox's fork of the service when it carries the sandbox's route key as
 `sd-routing-key=<key>` in the W3C `baggage` or `tracestate` header (what Signadot-instrumented services
 already propagate), in the project's own header (`sandbox.route_header`), or in the `loop-route` cookie
-set by the preview link (``/__loop/preview?key=K``); otherwise, and for services the sandbox did not fork,
-to the baseline. Bodies are streamed both ways; upstream connections are pooled and kept alive. Every
-request appends one JSON line (time, sandbox, service, method, path, target, url, status, latency_ms)
-to ``<requests-dir>/<route key>.jsonl`` (``_baseline.jsonl`` for requests without a known key).
+set by the preview link (``/__loop/preview?key=K``), read as `route_key.py` says (the grammar the Istio
+rules are generated from, too); otherwise, and for services the sandbox did not fork,
+to the baseline. The exchange itself is relayed by `relay.py`: faithfully, and a failure shows at the client
+as it would without the router. Every request appends one JSON line (time, sandbox, service, method, path,
+target, url, status, latency_ms, and `error` when the exchange failed, e.g. "upstream closed mid-body after
+400 bytes") to ``<requests-dir>/<route key>.jsonl`` (``_baseline.jsonl`` for requests without a known key).
 
 Environment mode (the `routing: proxy` Deployment on Kubernetes, started with no `--registry`): one
 service, routes fixed at start from the environment -- LOOP_ROUTER_ROUTES (JSON: route key -> fork URL),
@@ -46,22 +48,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from aiohttp import web
+
+from agentloop.sandbox import route_key
+from agentloop.sandbox.relay import DEFAULT_UPSTREAM_TIMEOUT, Outcome, Relay
 
 log = logging.getLogger("agentloop.sandbox.router")
 
-COOKIE = "loop-route"
-SIGNADOT_KEY = "sd-routing-key"
+COOKIE = route_key.COOKIE
+SIGNADOT_KEY = route_key.ENTRY
 BASELINE_LOG = "_baseline"
-_HOP_BY_HOP = frozenset(
-    h.lower() for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-    )
-)
-
 
 _ENV_ROUTES = "LOOP_ROUTER_ROUTES"
 _ENV_DEFAULT = "LOOP_ROUTER_DEFAULT"
@@ -70,21 +66,6 @@ _ENV_ENTRY = "LOOP_ROUTE_KEY_ENTRY"
 _ENV_SERVICE = "LOOP_ROUTER_SERVICE"
 _ENV_HOST = "LOOP_ROUTER_HOST"
 _DEFAULT_PORT = 8080  # the containerPort of the proxy Deployment (k8s_routing.ROUTER_PORT)
-
-
-def route_key_of(headers: CIMultiDictProxy[str], cookies: dict[str, str], route_header: str,
-                 entry: str = SIGNADOT_KEY) -> str | None:
-    """The route key a request carries, if any (baggage, tracestate, project header, preview cookie)."""
-    for name in ("baggage", "tracestate"):
-        for value in headers.getall(name, ()):
-            for member in value.split(","):
-                key, _, rest = member.partition("=")
-                if key.strip() == entry:
-                    return rest.split(";", 1)[0].strip() or None
-    own = headers.get(route_header)
-    if own:
-        return own.strip()
-    return cookies.get(COOKIE) or None
 
 
 class Routes(Protocol):
@@ -155,30 +136,25 @@ class FixedRoutes:
 
 class Router:
     def __init__(self, table: Routes, requests_dir: Path | None, route_header: str,
-                 route_key_entry: str = SIGNADOT_KEY) -> None:
+                 route_key_entry: str = SIGNADOT_KEY, upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT) -> None:
         self.table = table
         self._requests_dir = requests_dir
         self._route_header = route_header
         self._route_key_entry = route_key_entry
         self._logs: dict[str, IO[str]] = {}
-        self._session: ClientSession | None = None
+        self._relay = Relay(upstream_timeout)
 
     async def start_session(self) -> None:
-        self._session = ClientSession(
-            connector=TCPConnector(limit=0, keepalive_timeout=30),
-            timeout=ClientTimeout(total=None, sock_connect=5),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        )
+        await self._relay.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._relay.close()
         for handle in self._logs.values():
             handle.close()
 
     def app_for(self, service: str) -> web.Application:
         app = web.Application(client_max_size=0)
+        self._relay.install(app)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             if request.path.startswith("/__loop/"):
@@ -208,41 +184,17 @@ class Router:
         started = time.perf_counter()
         if self.table.refresh():
             self._close_stale_logs()
-        key = route_key_of(request.headers, dict(request.cookies), self._route_header, self._route_key_entry)
+        key = route_key.route_key_of(request.headers, self._route_header, self._route_key_entry)
         sandbox, upstream_url, target = self.table.resolve(service, key)
-        status = 502
+        outcome = Outcome()
         try:
             if upstream_url is None:
-                status = 503
+                outcome.status, outcome.error = 503, "no baseline for the service"
                 return web.Response(status=503, text=f"loop router: no baseline for service {service!r}\n")
-            response = await self._forward(request, upstream_url)
-            status = response.status
-            return response
-        except (TimeoutError, ClientError, OSError) as exc:
-            return web.Response(status=502, text=f"loop router: {service} at {upstream_url} failed: {exc}\n")
+            who = f"service {service!r} ({target} at {upstream_url})"
+            return await self._relay.forward(request, upstream_url, who, outcome)
         finally:
-            self._record(key if sandbox else None, sandbox, service, request, target, upstream_url, status, started)
-
-    async def _forward(self, request: web.Request, upstream_url: str) -> web.StreamResponse:
-        assert self._session is not None
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
-        async with self._session.request(
-            request.method,
-            URL(upstream_url + request.raw_path, encoded=True),
-            headers=headers,
-            data=request.content if request.body_exists else None,
-            allow_redirects=False,
-        ) as upstream:
-            response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP),
-            )
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+            self._record(key if sandbox else None, sandbox, service, request, target, upstream_url, outcome, started)
 
     def _close_stale_logs(self) -> None:
         for key in [key for key in self._logs if key != BASELINE_LOG and key not in self.table.sandboxes]:
@@ -250,14 +202,16 @@ class Router:
 
     def _record(
         self, key: str | None, sandbox: str | None, service: str, request: web.Request, target: str,
-        url: str | None, status: int, started: float,
+        url: str | None, outcome: Outcome, started: float,
     ) -> None:
-        entry = {
+        entry: dict[str, object] = {
             "time": datetime.now(UTC).isoformat(timespec="microseconds"),
             "sandbox": sandbox, "service": service, "method": request.method, "path": request.path,
-            "target": target, "url": url, "status": status,
+            "target": target, "url": url, "status": outcome.status,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+        if outcome.error is not None:
+            entry["error"] = outcome.error
         if self._requests_dir is None:
             log.info("request %s", json.dumps(entry))
             return
@@ -298,7 +252,7 @@ class _IsoFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
 
 
-def _from_environment(env: Mapping[str, str]) -> tuple[Router, dict[str, socket.socket]]:
+def _from_environment(env: Mapping[str, str], upstream_timeout: float) -> tuple[Router, dict[str, socket.socket]]:
     """The router and its one listening socket as the environment describes them (environment mode)."""
     default = env.get(_ENV_DEFAULT, "").strip()
     if not default.startswith(("http://", "https://")):
@@ -315,7 +269,7 @@ def _from_environment(env: Mapping[str, str]) -> tuple[Router, dict[str, socket.
         raise SystemExit(f"router: PORT={port_text!r}: give a port number (0 picks a free one)")
     sock = socket.create_server((env.get(_ENV_HOST) or "0.0.0.0", int(port_text)))
     router = Router(FixedRoutes(routes, default), None, env.get(_ENV_HEADER) or "x-loop-route",
-                    env.get(_ENV_ENTRY) or SIGNADOT_KEY)
+                    env.get(_ENV_ENTRY) or SIGNADOT_KEY, upstream_timeout)
     log.info("routes: %d route key(s), default %s", len(routes), default)
     return router, {env.get(_ENV_SERVICE) or "service": sock}
 
@@ -327,12 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=Path, help="Directory of request logs.")
     parser.add_argument("--route-header", default="x-loop-route")
     parser.add_argument("--listen", action="append", default=[], help="SERVICE=FD of a listening socket.")
+    parser.add_argument("--upstream-timeout", type=float, default=DEFAULT_UPSTREAM_TIMEOUT, metavar="SECONDS",
+                        help="How long to wait for a service's response headers before answering 504.")
     args = parser.parse_args(argv)
+    if not args.upstream_timeout > 0:
+        parser.error(f"--upstream-timeout {args.upstream_timeout:g}: give a number of seconds above 0")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_IsoFormatter("%(asctime)s router %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     if args.registry is None:
-        router, listen = _from_environment(os.environ)
+        router, listen = _from_environment(os.environ, args.upstream_timeout)
     else:
         if args.requests is None:
             parser.error("--requests is required with --registry")
@@ -340,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.listen:
             service, _, fd = item.partition("=")
             listen[service] = socket.socket(fileno=int(fd))
-        router = Router(RoutingTable(args.registry), args.requests, args.route_header)
+        router = Router(RoutingTable(args.registry), args.requests, args.route_header,
+                        upstream_timeout=args.upstream_timeout)
     asyncio.run(_serve(router, listen))
     return 0
 

@@ -3,8 +3,11 @@
 A service's `run` and `env` values may use `{port}` (the port it must listen on), `{database}` (its
 own SQLite copy) and `{services.NAME.url}` (NAME's stable router address, so calls between services go
 through the router and keep their route key). The command runs with cwd = the source root (the
-worktree root, not the service's `path`), a scrubbed environment (no secret-looking variables; add
-what a service needs under its `env`), plus LOOP_SERVICE, PORT and, with a database, LOOP_DB_PATH.
+worktree root, not the service's `path`), confined (`agentloop.confine`), with an environment built from
+nothing: PATH, HOME, locale, what the service's `env` gives, LOOP_SERVICE, PORT, with a database
+LOOP_DB_PATH and, for a fork, its sandbox and route key (LOOP_SANDBOX, LOOP_ROUTE_KEY and Signadot's
+SIGNADOT_SANDBOX_NAME, SIGNADOT_SANDBOX_ROUTING_KEY). None of loop's own variables reach a service: add
+what it needs under its `env`.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import sys
 from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 
 from agentloop.config import ServiceConfig
+from agentloop.confine import Confinement
 from agentloop.errors import ConfigError, DeployError
-from agentloop.redact import scrubbed_env
 from agentloop.sandbox import process
 from agentloop.sandbox.registry import ServiceProcess
+from agentloop.sandbox.route_key import fork_env
 
 _PLACEHOLDER = re.compile(r"\{(port|database|services\.([\w-]+)\.url)\}")
 
@@ -67,22 +72,33 @@ def start(
     db_path: Path | None,
     router_urls: Mapping[str, str],
     tag: tuple[str, str],
+    confinement: Confinement,
+    home: Path,
+    fork_of: tuple[str, str] | None = None,
 ) -> tuple[process.Started, ServiceProcess]:
-    """Launch one service from `source` on a free port; `tag` is (registry path, sandbox name)."""
+    """Launch one service from `source` on a free port, in a jail where only `source`, its database's
+    directory and `home` are writable; `tag` is (registry path, sandbox name); `fork_of` is (sandbox name,
+    route key) when the service is a sandbox's fork, None for the baseline."""
     port = process.free_port()
     database = str(db_path) if db_path is not None else None
     prefix = f"services.{name}"
-    env = scrubbed_env()
+    given: dict[str, str] = {}
     for key, value in service.env.items():
-        env[key] = expand(value, field=f"{prefix}.env.{key}", port=port, database=database, router_urls=router_urls)
-    env.update(LOOP_SERVICE=name, PORT=str(port))
+        given[key] = expand(value, field=f"{prefix}.env.{key}", port=port, database=database, router_urls=router_urls)
+    given.update(LOOP_SERVICE=name, PORT=str(port))
     if database is not None:
-        env["LOOP_DB_PATH"] = database
+        given["LOOP_DB_PATH"] = database
+    if fork_of is not None:
+        given.update(fork_env(*fork_of))
     command = expand(service.run, field=f"{prefix}.run", port=port, database=database, router_urls=router_urls)
     if not source.is_dir():
         raise DeployError(f"service {name!r}: source {source} is not a directory", service=name)
+    writable = [source, *([db_path.parent] if db_path is not None else [])]
+    jailed = confinement.argv(["/bin/sh", "-c", command], cwd=source, writable=writable, home=home, network=True)
+    env = confinement.env(given, home=home, path_first=[Path(sys.executable).parent])
     started = process.launch(
-        command, cwd=source, env=env, log_path=log_path, port=port, tag=(tag[0], tag[1], name)
+        jailed, cwd=source, env=env, log_path=log_path, port=port, tag=(tag[0], tag[1], name), shown=command,
+        max_log_mb=confinement.limits.output_mb * 4,
     )
     record = ServiceProcess(
         pid=started.record.pid, start_time=started.record.start_time, service=name, port=port,

@@ -1,18 +1,23 @@
-"""Baseline comparison: what the sandbox's failures (and the change's own tests) do without the change.
+"""Baseline comparison: what each sandbox result is set against.
 
+- Every suite's full results at the base commit come from `baseline_cache` (run once per base commit and
+  suite config, shared by every run and iteration on that commit).
+- Tests in files the change added or modified run again at the base commit with those files copied in,
+  every iteration: a new test shows that it fails without the fix. Only those tests run.
 - A test failing in the sandbox is rerun once there; a pass marks it flaky (shown, not blocking).
-- Suites with `sandbox: true` run the same tests from the run's worktree with the baseline's
-  environment: the same service URLs and no route key, so the router serves the baseline.
-- Plain suites run in a temporary detached worktree at the base commit, with the run's changed test
-  files copied in, so a test the change added shows whether it fails without the fix.
-- Every plan runs on the baseline too (no routing headers).
+- The baseline side is given the sandbox's environment shape (`baseline_view`): a sandbox name, a route
+  key that no sandbox owns (the router and Istio send unknown keys to the baseline) and the same routing
+  headers carrying that key, so a test can tell the sides apart only by how the services behave.
+- Every plan runs on the baseline too, with the same headers.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import shutil
+import string
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from agentloop import git
 from agentloop.config import SuiteConfig
+from agentloop.confine import Confinement
 from agentloop.records import Comparison, SandboxInfo, SuiteResult
 from agentloop.validation.suites import run_suite, suite_env, test_file
 
@@ -28,30 +34,65 @@ log = logging.getLogger(__name__)
 
 _TEST_PATH = re.compile(r"(^|/)(tests?/|test_[^/]*$|[^/]*_test\.py$|conftest\.py$)")
 _FAILING = ("failed", "error")
+_HEX_TAIL = re.compile(r"[0-9a-f]{4,}$")
 ABSENT = "absent"
+FLAKY = "flaky"
 
 
 @dataclass
 class SuiteRun:
-    """A suite's config with its result in the sandbox (plans have no config)."""
+    """A suite's config with its result in the sandbox (plans have no config) and what the same tests did
+    on the baseline: `full` from the base commit's whole run (None when there is none), `changed` for the
+    tests in files the change touched, run at the base commit with those files copied in."""
 
     result: SuiteResult
     config: SuiteConfig | None = None
-    baseline: dict[str, str] = field(default_factory=dict)  # test name -> outcome on the baseline
+    full: dict[str, str] | None = None  # test name -> outcome (or FLAKY) on the baseline
+    changed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
     comparison: Comparison
-    uncompared: list[str]  # fail in the sandbox, could not be run on the baseline
+    uncompared: list[str]  # fail in the sandbox, could not be compared with the baseline
     own_failures: list[str]  # tests in files the change added or modified that fail in the sandbox
+    baseline_errors: list[str] = field(default_factory=list)  # suites whose baseline run gave no result
 
 
 def label(run: SuiteRun, test: str) -> str:
     return f"{run.result.name}: {test}"
 
 
-def mark_flaky(runs: Sequence[SuiteRun], *, worktree: Path, sandbox: SandboxInfo | None, out_dir: Path) -> None:
+def baseline_view(sandbox: SandboxInfo) -> SandboxInfo:
+    """The sandbox as the baseline side sees it: another sandbox's name and route key of the same shape,
+    owned by no sandbox, and the same routing headers carrying that key; no forks."""
+    key = _same_shape(sandbox.route_key)
+    while key == sandbox.route_key:
+        key = _same_shape(sandbox.route_key)
+    headers = {name: value.replace(sandbox.route_key, key) if sandbox.route_key else value
+               for name, value in sandbox.routing_headers.items()}
+    tail = _HEX_TAIL.search(sandbox.name)
+    name = sandbox.name[: tail.start()] + _same_shape(tail.group()) if tail else f"{sandbox.name}-{secrets.token_hex(3)}"
+    return sandbox.model_copy(update={"name": name, "route_key": key, "routing_headers": headers, "forks": {},
+                                      "link": None})
+
+
+def _same_shape(text: str) -> str:
+    """Random characters in `text`'s shape: hex for hex (loop's keys are), else letter for letter, digit
+    for digit, anything else kept."""
+    if not text:
+        return secrets.token_hex(8)
+    if all(c in "0123456789abcdef" for c in text):
+        return "".join(secrets.choice("0123456789abcdef") for _ in text)
+    return "".join(
+        secrets.choice(string.digits) if c.isdigit() else
+        secrets.choice(string.ascii_uppercase if c.isupper() else string.ascii_lowercase) if c.isalpha() else c
+        for c in text
+    )
+
+
+def mark_flaky(runs: Sequence[SuiteRun], *, worktree: Path, sandbox: SandboxInfo | None, out_dir: Path,
+               confinement: Confinement | None = None) -> None:
     """Rerun each suite's failures once in the sandbox; a test that then passes is flaky."""
     for run in runs:
         failing = [t.name for t in run.result.failed]
@@ -60,6 +101,7 @@ def mark_flaky(runs: Sequence[SuiteRun], *, worktree: Path, sandbox: SandboxInfo
         again = run_suite(
             run.config, cwd=worktree, env=suite_env(sandbox),
             out_dir=out_dir, label=f"{run.config.suite}.rerun", only=failing, secrets=_secrets(sandbox),
+            confinement=confinement,
         )
         passed = {t.name for t in again.tests if t.outcome == "passed"}
         for test in run.result.tests:
@@ -73,28 +115,27 @@ def changed_test_files(runs: Sequence[SuiteRun], changed: Sequence[str]) -> list
     return [name for name in changed if name in test_files or _TEST_PATH.search(name)]
 
 
-def run_on_baseline(
-    runs: Sequence[SuiteRun], *, worktree: Path, base_commit: str, sandbox: SandboxInfo | None,
-    changed_tests: Sequence[str], out_dir: Path,
+def run_changed_on_base(
+    runs: Sequence[SuiteRun], *, worktree: Path, repo: Path, base_commit: str, view: SandboxInfo | None,
+    changed_tests: Sequence[str], out_dir: Path, confinement: Confinement | None = None,
 ) -> None:
-    """Fill in `run.baseline` for each suite's failures and changed tests (plans are run by the caller)."""
-    plain = [run for run in runs if run.config is not None and not run.config.sandbox and _wanted(run, changed_tests)]
-    with _base_worktree(worktree, base_commit, changed_tests, needed=bool(plain)) as base_tree:
+    """Fill in `run.changed`: the tests of the changed test files, run at the base commit with those files
+    copied in (plain suites and sandbox suites alike; the latter against the baseline's services)."""
+    wanted = {id(run): _in_changed_files(run, changed_tests) for run in runs}
+    if not any(wanted.values()):
+        return
+    with base_worktree(repo, base_commit, copy_from=worktree, files=changed_tests) as tree:
         for run in runs:
-            wanted = _wanted(run, changed_tests)
-            if run.config is None or not wanted:
-                continue
-            on_sandbox = run.config.sandbox
-            if not on_sandbox and base_tree is None:
+            names = wanted[id(run)]
+            if run.config is None or not names:
                 continue
             result = run_suite(
-                run.config, cwd=worktree if on_sandbox else base_tree,  # type: ignore[arg-type]
-                env=suite_env(sandbox, baseline=True), out_dir=out_dir,
-                label=run.config.suite, only=wanted, secrets=_secrets(sandbox),
+                run.config, cwd=tree, env=suite_env(view), out_dir=out_dir, label=f"{run.config.suite}.changed",
+                only=names, secrets=_secrets(view), confinement=confinement,
             )
-            run.baseline = {t.name: t.outcome for t in result.tests}
-            for name in wanted:
-                run.baseline.setdefault(name, ABSENT)
+            run.changed = {t.name: t.outcome for t in result.tests}
+            for name in names:
+                run.changed.setdefault(name, ABSENT)
 
 
 def compare(runs: Sequence[SuiteRun], changed_tests: Sequence[str]) -> Outcome:
@@ -104,9 +145,12 @@ def compare(runs: Sequence[SuiteRun], changed_tests: Sequence[str]) -> Outcome:
         for test in run.result.tests:
             name = label(run, test.name)
             own = test_file(test.name) in changed
-            before = run.baseline.get(test.name)
-            if before == ABSENT and own:
-                before = "failed"  # a test the change added cannot pass without the change
+            if own:
+                before: str | None = run.changed.get(test.name, ABSENT)
+                if before == ABSENT:
+                    before = "failed"  # a test the change added cannot pass without the change
+            else:
+                before = run.full.get(test.name) if run.full is not None else None
             if test.flaky:
                 outcome.comparison.flaky.append(name)
                 continue
@@ -117,40 +161,50 @@ def compare(runs: Sequence[SuiteRun], changed_tests: Sequence[str]) -> Outcome:
                     outcome.comparison.regressions.append(name)
                 elif before in _FAILING:
                     outcome.comparison.preexisting.append(name)
+                elif before == FLAKY:
+                    outcome.comparison.flaky.append(name)  # flaky on the baseline: no claim either way
                 else:
                     outcome.uncompared.append(name)
-            elif test.outcome == "passed" and before in _FAILING:
-                outcome.comparison.fixed.append(name)
+            elif test.outcome == "passed" and run.result.error is None:  # a suite without a result proves nothing
+                if before in _FAILING:
+                    outcome.comparison.fixed.append(name)
+                elif own and before == "passed":
+                    outcome.comparison.not_reproducing.append(name)
     return outcome
 
 
-def _wanted(run: SuiteRun, changed_tests: Sequence[str]) -> list[str]:
-    failing = [t.name for t in run.result.failed]
-    if run.result.error and not run.result.tests:
+def _in_changed_files(run: SuiteRun, changed_tests: Sequence[str]) -> list[str]:
+    if run.config is None or (run.result.error and not run.result.tests):
         return []
-    own = [t.name for t in run.result.tests if test_file(t.name) in changed_tests and t.name not in failing]
-    return failing + own
+    return [t.name for t in run.result.tests if test_file(t.name) in changed_tests]
 
 
 @contextmanager
-def _base_worktree(worktree: Path, base_commit: str, changed_tests: Sequence[str], *, needed: bool) -> Iterator[Path | None]:
-    if not needed:
-        yield None
-        return
-    repo = git.open_repo(worktree)
+def base_worktree(repo: Path, base_commit: str, *, copy_from: Path | None = None,
+                  files: Sequence[str] = ()) -> Iterator[Path]:
+    """A temporary detached worktree of the user's repository `repo` at `base_commit`, with `files` of
+    `copy_from` (the run's worktree) copied in, or removed where the change removed them."""
+    user_repo = git.open_repo(repo)  # never the run's worktree: its `.git` is the agent's to rewrite
     root = Path(tempfile.mkdtemp(prefix="loop-baseline-"))
     path = root / "tree"
     try:
-        git.add_worktree(repo, path, branch=None, commit=base_commit)
-        for name in changed_tests:
-            source = worktree / name
-            if source.is_file():
-                (path / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, path / name)
+        git.add_worktree(user_repo, path, branch=None, commit=base_commit)
+        for name in files if copy_from is not None else ():
+            assert copy_from is not None
+            _copy_in(copy_from / name, path / name)
         yield path
     finally:
-        git.remove_worktree(repo, path)
+        git.remove_worktree(user_repo, path)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _copy_in(source: Path, target: Path) -> None:
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    if source.is_file() or source.is_symlink():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a link is copied as a link: following it would hand a host file loop can read to the suite
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def _secrets(sandbox: SandboxInfo | None) -> list[str]:

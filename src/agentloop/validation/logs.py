@@ -1,5 +1,5 @@
 """Diagnose: what failed, in words the next edit can act on, and each fork's log sliced to the failing
-window with tracebacks and error lines first, capped and redacted. Written to `diagnosis.md`."""
+window with tracebacks and error lines first, capped and with secrets masked. Written to `diagnosis.md`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from agentloop.errors import LoopError
 from agentloop.records import DeployResult, Diagnosis, SandboxInfo, Verdict
-from agentloop.redact import redact
+from agentloop.redact import Redactor
 from agentloop.sandbox.base import SandboxBackend
+from agentloop.validation.verdict import guidance
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,12 @@ def diagnose(
     until: float,
     out_dir: Path,
     limit_chars: int = 8000,
+    redactor: Redactor | None = None,
 ) -> Diagnosis:
-    """What failed (`summary`) and a log excerpt per service involved; writes `out_dir/diagnosis.md`."""
+    """What failed (`summary`) and a log excerpt per service involved, with the secrets `redactor` knows
+    masked (default: the environment's); writes `out_dir/diagnosis.md`."""
     # The route key is no secret (the PR body shows it) and it is what ties baseline log lines to this run.
-    secrets: list[str] = []
+    redactor = redactor or Redactor.from_environment()
     raw: dict[str, str] = {}
     if deploy is not None and not deploy.ok:
         raw[deploy.service or "deploy"] = deploy.log_tail
@@ -52,9 +55,10 @@ def diagnose(
                 raw[f"{service} (baseline)"] = _lines_of_this_sandbox(text, sandbox.route_key)
     per_service = max(500, limit_chars // max(1, len(raw)))
     excerpts = {
-        service: redact(excerpt(text, per_service), extra=secrets) for service, text in raw.items() if text.strip()
+        # masked before it is cut, so that no half of a secret survives at a cut
+        service: excerpt(redactor.mask(text), per_service) for service, text in raw.items() if text.strip()
     }
-    summary = redact(_summary(verdict, deploy), extra=secrets)[:limit_chars]
+    summary = redactor.mask(_summary(verdict, deploy))[:limit_chars]
     diagnosis = Diagnosis(summary=summary, excerpts=excerpts)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diagnosis.md").write_text(render_markdown(diagnosis), encoding="utf-8")
@@ -119,6 +123,7 @@ def _summary(verdict: Verdict | None, deploy: DeployResult | None) -> str:
         lines.append(f"The deploy failed{where}: {deploy.error or 'see the log'}")
     if verdict is not None:
         lines += [f"Verdict: {reason}" for reason in verdict.reasons]
+        lines += [f"Proof: {line}" for line in guidance(verdict)]
         for result in verdict.results:
             kind = "plan" if result.kind == "plan" else "suite"
             if result.ran and result.error:

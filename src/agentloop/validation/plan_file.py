@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentloop.errors import ConfigError
+from agentloop.inputs import load_yaml
 
 
 class _Strict(BaseModel):
@@ -73,10 +73,7 @@ def load_plan(path: Path) -> Plan:
     """Read and check a plan; a bad file raises ConfigError naming the file and the field."""
     if not path.is_file():
         raise ConfigError(f"{path}: plan not found; check the `plan:` path in loop.yaml (relative to the repo)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    data = load_yaml(path, what="plan")  # bounded, UTF-8, no duplicate keys; errors name the line
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with `steps:` (a list of named steps)")
     try:

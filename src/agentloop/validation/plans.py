@@ -2,8 +2,8 @@
 over real HTTP, each step one `TestCaseResult`. Every request and response is recorded, truncated
 and redacted, as `<out_dir>/<plan>/<nn>-<step>.json`.
 
-On the baseline (`baseline=True`) no routing headers are sent, so the router serves every request
-from the baseline. Every step runs even after one fails, so that the evidence shows all of them.
+On the baseline (`baseline=True`) the routing headers have the same shape but carry a route key that no
+sandbox owns (`baseline_view`), so the router serves every request from the baseline. Every step runs even after one fails, so that the evidence shows all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from agentloop.errors import LoopError
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.redact import MASK, is_secret_name, redact
 from agentloop.sandbox.base import SandboxBackend
+from agentloop.validation.baseline import baseline_view
 from agentloop.validation.plan_file import (
     Expect,
     HttpAction,
@@ -86,6 +87,7 @@ class _StepRunner:
         self.sandbox = sandbox
         self.backend = backend
         self.baseline = baseline
+        self.routing_headers = dict((baseline_view(sandbox) if baseline else sandbox).routing_headers)
         self.health_paths = health_paths
         self.started = started
 
@@ -120,7 +122,7 @@ class _StepRunner:
         return base.rstrip("/") + "/" + path.lstrip("/")
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {} if self.baseline else dict(self.sandbox.routing_headers)
+        headers = dict(self.routing_headers)
         headers.update(extra or {})
         return headers
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +21,10 @@ from pathlib import Path
 from junitparser import JUnitXml, TestCase, TestSuite
 from junitparser.junitparser import JUnitXmlError
 
-from agentloop.config import SuiteConfig
+from agentloop.config import PolicyConfig, SuiteConfig
+from agentloop.confine import Confinement
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
-from agentloop.redact import redact, scrubbed_env
+from agentloop.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +32,24 @@ TAIL_CHARS = 3000
 _MESSAGE_CHARS = 2000
 _PYTEST_START = re.compile(r"^\s*(?:\S*/)?(?:pytest|py\.test|python[\d.]*\s+-m\s+pytest)(?:\s|$)")
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$()]")
-BASELINE_SANDBOX_NAME = "baseline"
 
 
-def suite_env(sandbox: SandboxInfo | None, *, baseline: bool = False) -> dict[str, str]:
-    """The environment a suite runs in. On the baseline the same service URLs are given without the
-    route key, so the router sends every request to the baseline."""
-    # The suites run code the agent wrote: no key or token of loop's is in their reach.
-    env = scrubbed_env()
-    # Caches written into the worktree would end up in the pull request.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTEST_ADDOPTS"] = (env.get("PYTEST_ADDOPTS", "") + " -p no:cacheprovider").strip()
-    # `pytest` and `python` must resolve to the environment loop runs in (Debian has no `python`).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+def suite_env(sandbox: SandboxInfo | None) -> dict[str, str]:
+    """What a suite is given on top of the jail's own environment (PATH, HOME, locale): the sandbox's
+    addresses and routing. The baseline side passes a view of the baseline shaped like a sandbox (its own
+    name and a route key no sandbox owns; see `baseline.baseline_view`), so a test sees the same variables
+    on both sides. Nothing of loop's own environment is passed on."""
+    env = {
+        # Caches written into the worktree would end up in the pull request.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTEST_ADDOPTS": "-p no:cacheprovider",
+    }
     if sandbox is None:
         return env
-    env["LOOP_SANDBOX"] = BASELINE_SANDBOX_NAME if baseline else sandbox.name
+    env["LOOP_SANDBOX"] = sandbox.name
     env["LOOP_SANDBOX_URL"] = sandbox.router_url
-    env["LOOP_ROUTE_KEY"] = "" if baseline else sandbox.route_key
-    env["LOOP_ROUTING_HEADERS"] = json.dumps({} if baseline else sandbox.routing_headers)
+    env["LOOP_ROUTE_KEY"] = sandbox.route_key
+    env["LOOP_ROUTING_HEADERS"] = json.dumps(sandbox.routing_headers)
     for service, url in sandbox.service_urls.items():
         env[f"LOOP_URL_{service.upper().replace('-', '_')}"] = url
     return env
@@ -79,25 +76,41 @@ def run_suite(
     label: str = "",
     only: Sequence[str] | None = None,
     secrets: Collection[str] = (),
+    confinement: Confinement | None = None,
 ) -> SuiteResult:
-    """Run `suite` in `cwd`; write `<label>.xml` and `<label>.log` into `out_dir`.
+    """Run `suite` in `cwd`, confined (see `agentloop.confine`); write `<label>.xml` and `<label>.log`
+    into `out_dir`. `env` is what the suite gets on top of the jail's own environment (`suite_env`).
 
     `only` names tests (node ids) to run instead of the whole suite where the runner allows it
     (pytest); other runners run whole and their results are filtered to those names.
     """
     label = label or suite.suite
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / f"{safe_name(label)}.xml"
-    report.unlink(missing_ok=True)
-    command = suite.run
-    if is_pytest(command):
-        if only is not None:
-            command = _select(command, only, cwd)
-        command += f" -o junit_family=xunit1 --junitxml={shlex.quote(str(report))}"
-    elif suite.junit:
-        report = cwd / suite.junit
-        report.unlink(missing_ok=True)
-    outcome = _run(command, cwd=cwd, env=env, timeout=suite.timeout)
+    (out_dir / f"{safe_name(label)}.xml").unlink(missing_ok=True)
+    confinement = confinement or Confinement(PolicyConfig())
+    with tempfile.TemporaryDirectory(prefix="loop-suite-") as scratch:
+        # The runner writes its report outside the worktree (a report left there would be committed).
+        reports = Path(scratch) / "reports"
+        reports.mkdir()
+        report = reports / "junit.xml"
+        command = suite.run
+        if is_pytest(command):
+            if only is not None:
+                command = _select(command, only, cwd)
+            command += f" -o junit_family=xunit1 --junitxml={shlex.quote(str(report))}"
+        elif suite.junit:
+            report = cwd / suite.junit
+            report.unlink(missing_ok=True)
+        outcome = _run(command, cwd=cwd, env=env, timeout=suite.timeout, confinement=confinement,
+                       writable=[cwd, reports], home=Path(scratch) / "home")
+        return _result(suite, label, command, outcome, report, cwd=cwd, out_dir=out_dir, only=only,
+                       secrets=secrets)
+
+
+def _result(
+    suite: SuiteConfig, label: str, command: str, outcome: _Outcome, report: Path, *, cwd: Path, out_dir: Path,
+    only: Sequence[str] | None, secrets: Collection[str],
+) -> SuiteResult:
     output = redact(outcome.output, extra=secrets)
     (out_dir / f"{safe_name(label)}.log").write_text(f"$ {command}\n{output}", encoding="utf-8")
     result = SuiteResult(
@@ -107,19 +120,36 @@ def run_suite(
     if outcome.timed_out:
         result.error = f"timed out after {suite.timeout:g}s (raise `timeout:` for suite {suite.suite!r} in loop.yaml)"
     tests = _read_report(report, secrets) if report.is_file() else None
-    if report.is_file() and report.parent != out_dir:
-        (out_dir / f"{safe_name(label)}.xml").write_bytes(report.read_bytes())
-        report.unlink()  # a report left in the worktree would be committed with the change
+    if report.is_file():
+        # the report holds failure messages and captured output: kept with secrets masked, like the log
+        xml = report.read_text(encoding="utf-8", errors="replace")
+        (out_dir / f"{safe_name(label)}.xml").write_text(redact(xml, extra=secrets), encoding="utf-8")
+        if cwd in report.parents:
+            report.unlink()  # a report left in the worktree would be committed with the change
     if tests is None:
         tests = [_whole_suite_result(suite, outcome, result.output_tail)]
         if outcome.exit_code != 0 and result.error is None:
             where = f" at {suite.junit}" if suite.junit else ""
             result.error = f"exited {outcome.exit_code} with no JUnit report{where}"
+    elif result.error is None:
+        result.error = _disagreement(outcome.exit_code, tests, pytest=is_pytest(command))
     if only is not None:
         wanted = set(only)
         tests = [t for t in tests if t.name in wanted or _file_of(t.name) in wanted]
     result.tests = tests
     return result
+
+
+def _disagreement(exit_code: int | None, tests: Sequence[TestCaseResult], *, pytest: bool) -> str | None:
+    """Why a report cannot be believed: the runner failed while the report says no test did (what a
+    conftest or plugin that rewrites outcomes leaves behind). pytest's 5 means it collected no test."""
+    if not exit_code or any(t.outcome in ("failed", "error") for t in tests):
+        return None
+    if pytest and exit_code == 5 and not any(t.outcome == "passed" for t in tests):
+        return None
+    passed = sum(1 for t in tests if t.outcome == "passed")
+    return (f"exited {exit_code} while its JUnit report says no test failed ({passed} passed): the runner and its "
+            "report disagree, so neither is believed (does a conftest or plugin rewrite outcomes?)")
 
 
 def test_file(name: str) -> str:
@@ -149,37 +179,20 @@ def _within(path: str, root: str) -> bool:
     return root in ("", ".") or path == root or path.startswith(root + "/")
 
 
-def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float) -> _Outcome:
-    started = time.monotonic()
-    # A session of its own, so that a timeout kills the runner's children too.
-    proc = subprocess.Popen(
-        command, shell=True, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
+def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, confinement: Confinement,
+         writable: Sequence[Path], home: Path) -> _Outcome:
+    # The jail kills the runner's whole process tree on a timeout, a Ctrl-C or a stop request.
+    limits = confinement.limits
+    finished = confinement.run(
+        ["/bin/sh", "-c", command], cwd=cwd, writable=writable, home=home, network=True, timeout=timeout,
+        env=confinement.env(env, home=home, path_first=[Path(sys.executable).parent]),
+        output_limit=limits.output_mb * 1024 * 1024, watch_disk=cwd,
     )
-    try:
-        raw, _ = proc.communicate(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raw, _ = proc.communicate()
-        timed_out = True
-    except BaseException:  # Ctrl-C, a stop request: the runner's children must not outlive the run
-        _kill_group(proc)
-        proc.wait()
-        raise
-    return _Outcome(
-        exit_code=None if timed_out else proc.returncode,
-        output=raw.decode("utf-8", errors="replace"),
-        timed_out=timed_out,
-        duration=time.monotonic() - started,
-    )
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    output = finished.output
+    if finished.stopped_for and not finished.timed_out:
+        output += f"\n[loop] the suite was {finished.stopped_for}"
+    return _Outcome(exit_code=finished.exit_code, output=output, timed_out=finished.timed_out,
+                    duration=finished.duration)
 
 
 def _read_report(path: Path, secrets: Collection[str]) -> list[TestCaseResult] | None:

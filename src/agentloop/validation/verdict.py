@@ -1,9 +1,13 @@
 """The verdict, from the results and the baseline comparison (DESIGN.md "The verdict").
 
-Passed when (1) every suite and plan ran to a result, (2) nothing regressed, (3) the change is proven
-(a test or plan step fails on the baseline and passes in the sandbox), and no test the change itself
-added or modified fails. With `require: all` every test must pass instead of (2)-(3); being unproven
-then only makes the pull request a draft. Skipped suites and flaky tests make it a draft too.
+Passed when (1) every suite and plan ran to a result, (2) nothing regressed, (3) a test or plan step fails
+on the baseline and passes in the sandbox (a new test, or one of the repository's own red tests that the
+change turns green: "fixed by this change"), and no test the change itself added or modified fails. With
+`require: all` every test must pass instead of (2)-(3); being unproven then only makes the pull request a
+draft. Skipped suites, flaky tests and a suite whose baseline run gave no result make it a draft too.
+
+A change that needs review (`review.py`: test infrastructure, removed, skipped or changed tests) is never
+`proven`, whatever its tests say: when they would prove it, it passes as a draft that names the changes.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from agentloop.records import SuiteResult, Verdict
+from agentloop.records import BaselineSource, SuiteResult, Verdict
 from agentloop.validation.baseline import Outcome
+from agentloop.verdict_words import Word, summary_line
 
 _LISTED = 5
 
 
-def decide(results: Sequence[SuiteResult], outcome: Outcome, *, require: Literal["proven", "all"]) -> Verdict:
+def decide(
+    results: Sequence[SuiteResult], outcome: Outcome, *, require: Literal["proven", "all"],
+    needs_review: Sequence[str] = (), baseline: Sequence[BaselineSource] = (),
+) -> Verdict:
     comparison = outcome.comparison
     blocking: list[str] = []
     notes: list[str] = []
@@ -28,6 +36,8 @@ def decide(results: Sequence[SuiteResult], outcome: Outcome, *, require: Literal
             unproven.append(f"{kind} {result.name} was skipped: {result.error or 'not run'}")
         elif result.error:
             blocking.append(f"{kind} {result.name} did not run to a result: {result.error}")
+    unproven += [f"suite {source.suite} did not run to a result at the base commit ({source.error}): its tests "
+                 "could not be compared with the baseline" for source in baseline if source.error]
     if comparison.regressions:
         blocking.append(f"regressed (pass on the baseline, fail in the sandbox): {_names(comparison.regressions)}")
     if outcome.uncompared:
@@ -36,44 +46,73 @@ def decide(results: Sequence[SuiteResult], outcome: Outcome, *, require: Literal
     if own:
         blocking.append(f"tests the change added or modified fail in the sandbox: {_names(outcome.own_failures)}")
     # the change's own failing tests are not "pre-existing": they are the reproduction, not yet fixed
-    preexisting = [name for name in comparison.preexisting if name not in own]
-    if preexisting:
-        notes.append(f"already failing on the baseline (not caused by this change): {_names(preexisting)}")
+    comparison.preexisting = [name for name in comparison.preexisting if name not in own]
+    if comparison.preexisting:
+        notes.append(f"already failing on the baseline (not caused by this change): {_names(comparison.preexisting)}")
+    if comparison.not_reproducing:
+        notes.append("pass on the baseline too, so they do not reproduce the issue: "
+                     f"{_names(comparison.not_reproducing)}")
     if comparison.flaky:
         unproven.append(f"flaky (failed, then passed on a rerun): {_names(comparison.flaky)}")
-    proven = bool(comparison.fixed)
-    if proven:
-        notes.insert(0, f"proven: fail on the baseline, pass in the sandbox: {_names(comparison.fixed)}")
+    fixed = bool(comparison.fixed)
+    if fixed:
+        notes.insert(0, f"fixed by this change (fail on the baseline, pass in the sandbox): {_names(comparison.fixed)}")
+    if needs_review:
+        count = len(needs_review)
+        unproven.append(f"needs review, so not proven: {count} change{'s' if count != 1 else ''} to tests or test "
+                        "infrastructure (named above)")
+    proven = fixed and not needs_review
     not_proven = (
         "not proven yet: the change's own tests still fail in the sandbox" if own else
-        "not proven: no test or plan step fails on the baseline and passes in the sandbox; "
-        "add a test that reproduces the issue"
+        "not proven: no test or plan step fails on the baseline and passes in the sandbox; add a test that "
+        "reproduces the issue, or make an existing test that fails on the baseline pass"
     )
     if require == "all":
         failing = [f"{r.name}: {t.name}" for r in results for t in r.failed]
         if failing:
             blocking.append(f"`require: all` and these fail: {_names(failing)}")
-        if not proven:
+        if not fixed:
             unproven.append(not_proven)
-    elif not proven:
+    elif not fixed:
         blocking.append(not_proven)
     if not results:
         blocking.append("loop.yaml has no `validate:` entries; add a suite or a plan")
     passed = not blocking
-    head = f"passed: {_summary(results)}" if passed else f"failed: {_summary(results)}"
+    # "failed" only when something failed; a change that broke nothing but shows no fix is "unproven"
+    word: Word = ("failed" if any(reason != not_proven for reason in blocking)
+                  else "passed" if proven and not unproven else "unproven")
+    head = summary_line(word, [{"kind": r.kind, "counts": r.counts()} for r in results])
     return Verdict(
         passed=passed, proven=proven, reasons=[head, *blocking, *notes], results=list(results),
-        comparison=comparison, unproven=unproven,
+        comparison=comparison, unproven=unproven, outcome=word, needs_review=list(needs_review),
+        baseline=list(baseline),
     )
 
 
-def _summary(results: Sequence[SuiteResult]) -> str:
-    totals = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, "flaky": 0}
-    for result in results:
-        for key, value in result.counts().items():
-            totals[key] += value
-    shown = [f"{value} {key}" for key, value in totals.items() if value]
-    return f"{len(results)} suites and plans; " + (", ".join(shown) or "no tests")
+def guidance(verdict: Verdict) -> list[str]:
+    """What the next edit needs to hear about proof: which of its tests prove nothing, which existing tests
+    could, and which of its changes keep the verdict from calling anything proven."""
+    lines: list[str] = []
+    if verdict.needs_review:
+        lines.append(
+            "Loop cannot call this change proven, because it changes tests or test infrastructure: "
+            + "; ".join(verdict.needs_review)
+            + ". Validation reads suites, plans and loop.yaml from the base commit; undo these changes unless "
+            "the issue is about them."
+        )
+    comparison = verdict.comparison
+    if comparison.fixed:
+        return lines
+    if comparison.not_reproducing:
+        lines.append("Your tests that pass on the baseline too, so they do not reproduce the issue (make them fail "
+                     f"without your fix by testing what the issue describes): {_names(comparison.not_reproducing)}")
+    if comparison.preexisting:
+        lines.append("Existing tests that already fail on the baseline (if the issue is theirs, making them pass "
+                     f"proves the fix): {_names(comparison.preexisting)}")
+    reproducing = any(line.startswith("not proven yet") for line in [*verdict.reasons, *verdict.unproven])
+    if not comparison.not_reproducing and not comparison.preexisting and not reproducing:
+        lines.append("No test fails on the baseline and passes with your change: add one that reproduces the issue.")
+    return lines
 
 
 def _names(names: Sequence[str]) -> str:
