@@ -15,21 +15,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,github,kubernetes,postgres]"
 	@touch $(STAMP)
 
-# bubblewrap confines the agent's commands; without it they run unconfined, with a warning.
+# bubblewrap confines everything the agent wrote (commands, tests, services). Without it `make demo` and
+# `make test` still work with a warning; a real `loop fix` then needs --allow-unconfined.
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
-	      || echo "warning: could not install bubblewrap; agent commands will run without confinement"; \
+	      || echo "warning: could not install bubblewrap; the demo and tests run unconfined, and loop fix needs --allow-unconfined"; \
 	  else \
-	    echo "warning: bubblewrap (bwrap) not found; install it (apt-get install bubblewrap) to confine agent commands"; \
+	    echo "warning: bubblewrap (bwrap) not found; install it (apt-get install bubblewrap) to confine agent-written code"; \
 	  fi; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/loop demo
 
+# Three workers: most of a test's time is spent waiting on real services and processes, not on a core.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

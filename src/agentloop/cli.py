@@ -294,6 +294,8 @@ def batch(
             backend.baseline_down()
     view.summary(finished)
     if finished.status == "interrupted":
+        # everything is stopped and recorded: a Ctrl-C pressed again now must not turn exit 130 into a crash
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         err.print(f"interrupted: `loop batch --resume {finished.id}` finishes what is left", soft_wrap=True)
         raise typer.Exit(130)
     raise typer.Exit(0 if all(item.status == "published" for item in finished.items) else 1)
