@@ -2,8 +2,9 @@
 loop's keys, phone them to a listener on loopback, write outside the worktree and forge the run record.
 Every attempt must fail while the run itself carries on to its end.
 
-Real parts: the real graph, a replayed cassette driving the real tool loop, real bubblewrap jails, real
-service processes behind the real router, real pytest. Skipped where bubblewrap is not usable.
+Real parts: the real graph, the real `anthropic` client driving the real tool loop against a scripted
+Messages API on loopback (tests/agent/fake_anthropic.py), real bubblewrap jails, real service processes
+behind the real router, real pytest. Skipped where bubblewrap is not usable.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from looptest import MakeRepo, bash, create, replace, write_cassette
+from agent.fake_anthropic import FakeAnthropic, message, serve, text, tool_use
+from looptest import MakeRepo, bash, create, replace
 
-from agentloop.config import PolicyConfig
+from agentloop.config import DEFAULT_MODEL, PolicyConfig
 from agentloop.confine import Confinement
 from agentloop.runner import fix
 
@@ -95,6 +97,14 @@ class _Listener(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropic]:
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    for server in serve():
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        yield server
+
+
+@pytest.fixture
 def listener() -> Iterator[tuple[str, list[str]]]:
     _Listener.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
@@ -107,6 +117,7 @@ def listener() -> Iterator[tuple[str, list[str]]]:
 
 def test_a_hostile_agent_steals_nothing_and_the_run_carries_on(
     make_repo: MakeRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listener: tuple[str, list[str]],
+    fake: FakeAnthropic,
 ) -> None:
     url, received = listener
     for name, value in PLANTED.items():
@@ -136,21 +147,24 @@ def test_a_hostile_agent_steals_nothing_and_the_run_carries_on(
                                    + hostile.replace("{where!r}", "'service'"))
     shell_steal = (f"cat {fake_home}/.ssh/id_rsa /etc/shadow {repo}/.git/config {other_run}/transcript.jsonl; "
                    f"cat /proc/*/environ; env; ls {repo}/.loop/runs; echo x > {tmp_path}/shell-escaped")
-    cassette = write_cassette(tmp_path / "c.json", [[
-        create("tests/test_evil.py", test_code),
-        replace("api/server.py", SERVICE, service_code),
-        bash(shell_steal),
-    ]])
+    calls = [create("tests/test_evil.py", test_code), replace("api/server.py", SERVICE, service_code), bash(shell_steal)]
+    fake.add(message(*(tool_use(call["name"], call["input"]) for call in calls)), message(text("Done.")))
 
-    outcome = fix(repo, "1", model=f"replay:{cassette}")
+    outcome = fix(repo, "1", model=DEFAULT_MODEL)
 
     assert outcome.status in ("published", "failed"), outcome.message
     phoned = "\n".join(received)
     assert "test" in phoned and "service" in phoned  # both ran, both reached the listener, neither stole
     transcript = (outcome.run_dir / "transcript.jsonl").read_text()
+    sent_to_model = json.dumps(fake.requests)
     for stolen in [*PLANTED.values(), "PLANTED-SSH-PRIVATE-KEY", "PLANTED-GIT-CONFIG", "PLANTED-OTHER-RUN"]:
         assert stolen not in phoned, stolen
         assert stolen not in transcript, stolen
+        assert stolen not in sent_to_model, stolen
+    # the one place the API key goes: the header of the requests to the model API
+    sent_keys = {value.removeprefix("Bearer ") for headers in fake.headers for name, value in headers.items()
+                 if name in ("x-api-key", "authorization")}
+    assert fake.headers and sent_keys == {PLANTED["ANTHROPIC_API_KEY"]}
     assert "root:" not in phoned  # /etc/shadow stayed hidden
     events = (outcome.run_dir / "events.jsonl").read_text()
     assert "forged" not in events
