@@ -19,12 +19,28 @@ from agentloop.confine import Confinement
 _BWRAP_USABLE = Confinement(PolicyConfig()).confined
 
 
+# Python with pytest for the test repositories' own suites: a project's toolchain, declared with `path:`
+# (loop never lends its own interpreter to a project; tests/test_project_env.py shows that).
+PROJECT_PYTHON_BIN = str(Path(sys.prefix) / "bin")
+
+
+@pytest.fixture(scope="session")
+def _shared_setup_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One setup cache for the whole session and every xdist worker: the bundled example's virtualenv
+    is made once, then restored (LOOP_SETUP_CACHE is how a team shares one on purpose)."""
+    root = tmp_path_factory.getbasetemp()
+    shared = (root.parent if root.name.startswith("popen-gw") else root) / "setup-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, _shared_setup_cache: Path) -> None:
     """No test sees the developer's keys or loop settings."""
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "LOOP_MODEL", "LOOP_RUNS_DIR", "LOOP_STATE_DIR",
                  "GITHUB_TOKEN", "GITHUB_API_URL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOOP_SETUP_CACHE", str(_shared_setup_cache))
     for name, value in GIT_ENV.items():
         monkeypatch.setenv(name, value)
     if _BWRAP_USABLE:
@@ -46,6 +62,7 @@ def make_repo(tmp_path: Path) -> Iterator[MakeRepo]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         if config is not None:
+            config = {"path": [PROJECT_PYTHON_BIN], **config}
             (repo / "loop.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         git(repo, "init", "-q", "-b", "main")
         git(repo, "add", "-A")

@@ -154,6 +154,11 @@ def test_loop_yaml_over_a_mebibyte(cli: Cli, make_repo: MakeRepo) -> None:
     assert_bad_input(cli("fix", "1", cwd=repo), "loop.yaml", "bytes", "1024 KiB")
 
 
+def test_loop_yaml_nested_thousands_deep(cli: Cli, make_repo: MakeRepo) -> None:
+    repo = make_repo({**ISSUE, "loop.yaml": "services: " + "[" * 5000 + "]" * 5000 + "\n"})
+    assert_bad_input(cli("fix", "1", cwd=repo), "loop.yaml", "nested deeper than 64")
+
+
 def test_issue_file_over_a_mebibyte(cli: Cli, make_repo: MakeRepo) -> None:
     repo = make_repo({".loop/issues/1.md": "# big\n" + "x" * (1024 * 1024 + 1)}, config())
     assert_bad_input(cli("fix", "1", *NO_CASSETTE, cwd=repo), "1.md", "1024 KiB")

@@ -30,6 +30,7 @@ def test_demo_publishes_after_a_failed_first_attempt_and_stops_what_it_started(t
     assert len(runs) == 1
     run = runs[0]
     assert (run["status"], run["iterations"]) == ("published", 2)
+    assert run["branch"] == f"loop/1-{run['id']}" and run["ended_at"].endswith("Z")  # ISO 8601, UTC
 
     details = json.loads(loop("show", run["id"], "--json", "--repo", str(repo), cwd=tmp_path).stdout)
     first, second = details["iterations"]

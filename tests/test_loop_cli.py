@@ -89,6 +89,29 @@ def test_runs_lists_nothing_then_json_is_a_list(make_repo: MakeRepo) -> None:
     assert json.loads(result.stdout) == []
 
 
+def test_runs_json_names_the_branch_of_a_run_that_stopped_before_its_worktree_and_selects_fields(
+        make_repo: MakeRepo, tmp_path: Path) -> None:
+    import re
+
+    from looptest import write_cassette
+
+    broken = {"services": {"web": {"path": "web", "run": "exit 3", "ready_timeout": 5}}, **{
+        k: v for k, v in CONFIG.items() if k != "services"}}
+    repo = make_repo({".loop/issues/1.md": "# t\n", "web/app.txt": "x\n"}, broken)
+    cassette = write_cassette(tmp_path / "cassette.json", [[]])
+    run = loop("fix", "1", "--model", f"replay:{cassette}", cwd=repo)
+    assert run.returncode == 3, run.stderr  # the baseline never came up: no worktree, no branch made
+    [row] = json.loads(loop("runs", "--json", "id,branch,status,started_at", cwd=repo).stdout)
+    assert list(row) == ["id", "branch", "status", "started_at"]
+    assert row["branch"] == f"loop/1-{row['id']}" and row["status"] == "error"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["started_at"])
+    [full] = json.loads(loop("runs", "--json", cwd=repo).stdout)
+    assert {"branch", "worktree", "ended_at", "duration", "cost_usd"} <= set(full)
+    assert json.loads(loop("runs", "--json=id", cwd=repo).stdout) == [{"id": row["id"]}]
+    unknown = loop("runs", "--json", "id,nmuber", cwd=repo)
+    assert_one_line_error(unknown, "unknown field 'nmuber'", "available fields: id, issue, issue_title")
+
+
 @pytest.mark.parametrize("ref", ["issue-1", "#1", "1", "https://github.com/acme/shop/issues/1"])
 def test_issue_reference_forms(ref: str) -> None:
     from agentloop.runner import parse_issue_ref

@@ -141,11 +141,24 @@ def _short_pull(url: str | None) -> str:
 
 
 @app.command("runs")
-def list_command(as_json: JsonOption = False, repo: RepoOption = Path(".")) -> None:
+def list_command(
+    fields: Annotated[str | None, typer.Argument(
+        metavar="FIELDS", help="With --json: only these fields, comma-separated (as `gh --json number,title`).",
+        show_default=False)] = None,
+    as_json: JsonOption = False,
+    repo: RepoOption = Path("."),
+) -> None:
     """List runs: id, issue, status, iterations, pull request, started, duration, cost."""
+    from agentloop.runs import json_fields
+
+    if fields is not None and not as_json:
+        fail(f"{fields!r}: fields are chosen with --json, e.g. `loop runs --json id,branch,status`")
+    chosen = json_fields(fields) if fields is not None else None  # checked before any record is read
     summaries = list_runs(runs_dir(repo_root(repo)), strict=True)
     if as_json:
-        rows = [s.model_dump(mode="json") | {"duration": round(s.duration, 1)} for s in summaries]
+        rows = [s.public() for s in summaries]
+        if chosen is not None:
+            rows = [{name: row[name] for name in chosen} for row in rows]
         out.print_json(json.dumps(rows))
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
@@ -317,6 +330,8 @@ def demo(
 
 
 def _mount_subcommands() -> None:
+    from agentloop.commands.doctor import doctor
+    from agentloop.commands.init import init
     from agentloop.commands.plan import app as plan_app
     from agentloop.commands.sandbox import app as sandbox_app
     from agentloop.commands.serve import serve
@@ -324,6 +339,8 @@ def _mount_subcommands() -> None:
     app.add_typer(sandbox_app, name="sandbox", help="Baseline and sandboxes: up, create, ls, logs, rm, gc.")
     app.add_typer(plan_app, name="plan", help="Run a plan of governed steps against a sandbox.")
     app.command("serve", help="The GitHub App: webhooks in, runs out.")(serve)
+    app.command("doctor", help="Check that `loop fix` can run here, one line per check with what to do.")(doctor)
+    app.command("init", help="Write a commented loop.yaml guessed from this repository's files.")(init)
 
 
 _mount_subcommands()
@@ -338,11 +355,21 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+def _split_json_value(argv: list[str]) -> list[str]:
+    """`--json=id,status` as `--json id,status` (gh accepts both); typer's flags take no `=value`."""
+    split: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return split + argv[index:]
+        split += ["--json", arg.removeprefix("--json=")] if arg.startswith("--json=") else [arg]
+    return split
+
+
 def main(argv: list[str] | None = None) -> Any:
     _stop_on_sigterm()
     logging.basicConfig(level=os.environ.get("LOOP_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return app(args=argv, standalone_mode=True)
+        return app(args=_split_json_value(sys.argv[1:] if argv is None else argv), standalone_mode=True)
     except LoopError as exc:
         print_error(str(exc))
         sys.exit(exc.exit_code)

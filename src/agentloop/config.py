@@ -32,6 +32,8 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 
 # A path inside the repository (relative, no `..`): services, databases, plans and reports live there.
 RepoPath = Annotated[str, AfterValidator(config_rules.repo_relative)]
+# A PATH directory: relative ones are inside the checkout, absolute ones on the host (must be readable in jails).
+PathEntry = Annotated[str, AfterValidator(config_rules.path_entry)]
 
 
 class _Strict(BaseModel):
@@ -45,13 +47,32 @@ class DatabaseConfig(_Strict):
     path: RepoPath
 
 
+class SetupStep(_Strict):
+    """A command that installs the project's dependencies into a fresh checkout (a virtualenv,
+    node_modules), run confined; what it `creates` is cached by the hash of `run` and its `inputs`."""
+
+    run: str = Field(description="Shell command, run at the repository's top.")
+    inputs: list[RepoPath] = Field(default_factory=list,
+                                   description="Files (or globs) whose contents decide the cache key: lockfiles.")
+    creates: list[RepoPath] = Field(default_factory=list,
+                                    description="Paths the step makes (e.g. .venv); cached and restored. "
+                                                "Without any, the step runs in every fresh checkout.")
+    timeout: float = Field(default=900.0, gt=0)
+    network: bool = Field(default=True, description="Installers need the package registry.")
+
+
 class ServiceConfig(_Strict):
     path: RepoPath = Field(description="A change under this path (relative to the repo) forks this service.")
     run: str = Field(description="Command that starts the service; `{port}` is the port to listen on.")
-    health: str = "/healthz"
+    health: str | None = Field(default=None, description="HTTP path answering 2xx when ready; "
+                                                         "without it, ready means it accepts TCP connections.")
     env: dict[str, str] = Field(default_factory=dict)
+    setup: list[SetupStep] = Field(default_factory=list, description="This service's own setup steps.")
     database: DatabaseConfig | None = None
-    depends_on: list[str] = Field(default_factory=list, description="Services this one is forked with.")
+    fork_with: list[str] = Field(default_factory=list,
+                                 description="Services forked together with this one whenever it is forked.")
+    depends_on: list[str] = Field(default_factory=list,
+                                  description="Services started (and ready) before this one, as in compose.")
     ready_timeout: float = Field(default=30.0, gt=0)
 
 
@@ -61,6 +82,7 @@ class SuiteConfig(_Strict):
     sandbox: bool = False
     junit: RepoPath | None = Field(default=None, description="JUnit XML path for runners other than pytest.")
     timeout: float = Field(default=600.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict, description="Added to the top-level `env` for this suite.")
 
 
 class PlanRef(_Strict):
@@ -155,8 +177,22 @@ class SandboxConfig(_Strict):
     kubernetes: dict[str, Any] | None = None
 
 
+class RetentionConfig(_Strict):
+    """What `loop sandbox gc` keeps: records, worktrees and branches of finished runs for `days`."""
+
+    days: float = Field(default=14.0, gt=0, description="Run records, worktrees, branches (a pull request's "
+                        "too), the App's idle clones and baseline results older than this are removed by gc.")
+    baseline_results: int = Field(default=20, ge=1, description="Base commits whose cached baseline results "
+                                  "gc keeps (the newest; the current base's are always kept).")
+
+
 class LoopConfig(_Strict):
     base_branch: str = "main"
+    setup: list[SetupStep] = Field(default_factory=list, description="Repository-wide setup steps.")
+    path: list[PathEntry] = Field(default_factory=list,
+                                  description="Directories (e.g. .venv/bin) put first on PATH for services, "
+                                             "suites and the agent's commands.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment of services, suites and commands.")
     services: dict[str, ServiceConfig]
     validate_: list[ValidateEntry] = Field(default_factory=list, alias="validate")
     require: Literal["proven", "all"] = "proven"
@@ -164,15 +200,13 @@ class LoopConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     forge: ForgeConfig = Field(default_factory=ForgeConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
     def _known_dependencies(self) -> LoopConfig:
-        for name, service in self.services.items():
-            for dep in service.depends_on:
-                if dep not in self.services:
-                    raise ValueError(f"services.{name}.depends_on names unknown service {dep!r}")
+        config_rules.check_service_links(self.services)
         config_rules.check_placeholders(self.services)
         return self
 

@@ -6,7 +6,7 @@ config is loaded, so a mistake stops `loop` before any run work with a line nami
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # Shell `${VAR}` and braces with spaces (`{ print $1 }`) are left alone, as expand leaves them.
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][\w.-]*)\}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
+SERVICE_FIELDS = ("url", "host", "port")
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "cookie",
                                "baggage", "tracestate", "traceparent"})
 
@@ -37,6 +38,17 @@ def repo_relative(value: str) -> str:
     return value
 
 
+def path_entry(value: str) -> str:
+    """A PATH directory: inside the repository (relative, like `.venv/bin`), or an absolute host directory."""
+    if value.startswith("/"):
+        if any(ord(c) < 32 for c in value) or ":" in value:
+            raise ValueError(f"{value!r} cannot be a PATH directory (no ':' or control characters)")
+        return value
+    if ":" in value:
+        raise ValueError(f"{value!r}: give one directory per list entry, not a ':'-separated PATH")
+    return repo_relative(value)
+
+
 def header_name(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise ValueError(f"{value!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, "
@@ -44,6 +56,36 @@ def header_name(value: str) -> str:
     if value.lower() in _RESERVED_HEADERS:
         raise ValueError(f"{value!r} is a header HTTP or the router already uses; pick your own, e.g. x-my-route")
     return value
+
+
+def check_service_links(services: Mapping[str, ServiceConfig]) -> None:
+    """`fork_with` and `depends_on` name known services, and start order has no cycle."""
+    known = ", ".join(sorted(services)) or "none"
+    for name, service in services.items():
+        for field in ("fork_with", "depends_on"):
+            for other in getattr(service, field):
+                if other not in services:
+                    raise ValueError(f"field `services.{name}.{field}`: unknown service {other!r} (services: {known})")
+                if other == name:
+                    raise ValueError(f"field `services.{name}.{field}`: names the service itself; remove {name!r}")
+    start_order({name: service.depends_on for name, service in services.items()})
+
+
+def start_order(depends_on: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Services in waves: each wave's services depend only on earlier waves (compose's `depends_on`)."""
+    left = {name: set(deps) & set(depends_on) for name, deps in depends_on.items()}
+    waves: list[list[str]] = []
+    while left:
+        ready = sorted(name for name, deps in left.items() if not deps)
+        if not ready:
+            cycle = " -> ".join(sorted(left))
+            raise ValueError(f"`depends_on` of services {cycle} form a cycle; remove one of them")
+        waves.append(ready)
+        for name in ready:
+            del left[name]
+        for deps in left.values():
+            deps.difference_update(ready)
+    return waves
 
 
 def check_placeholders(services: Mapping[str, ServiceConfig]) -> None:
@@ -69,10 +111,11 @@ def _placeholder_problem(ref: str, service: ServiceConfig, services: Mapping[str
         if len(parts) != 3 or parts[1] not in services:
             other = parts[1] if len(parts) > 1 else ""
             return f"names unknown service {other!r} (services: {known}); write {{services.NAME.url}}"
-        if parts[2] != "url":
-            return f"asks for {parts[2]!r} of {parts[1]!r}; the only one is {{services.{parts[1]}.url}}"
+        if parts[2] not in SERVICE_FIELDS:
+            offered = ", ".join(f"{{services.{parts[1]}.{field}}}" for field in SERVICE_FIELDS)
+            return f"asks for {parts[2]!r} of {parts[1]!r}; loop fills {offered}"
         return None
-    return ("is not one loop fills: use {port}, {database} or {services.NAME.url} "
+    return ("is not one loop fills: use {port}, {database} or {services.NAME.url} (or .host, .port) "
             f"(a shell variable is ${{{ref}}}; braces meant literally need a space inside)")
 
 

@@ -38,7 +38,8 @@ def make_demo_repo(directory: Path | None) -> Path:
     target = (directory or Path(tempfile.mkdtemp(prefix="loop-demo-"))) / "shop"
     if target.exists():
         raise ConfigError(f"{target} already exists; pick another --dir or remove it")
-    shutil.copytree(examples_dir() / "shop", target, ignore=shutil.ignore_patterns("__pycache__", "*.db", ".pytest_cache"))
+    shutil.copytree(examples_dir() / "shop", target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.db", ".pytest_cache", ".venv"))
     env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
            "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "The shop, at its buggy state"]):

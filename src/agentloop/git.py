@@ -283,7 +283,10 @@ def run(worktree: Worktree, *args: str, env: Mapping[str, str] | None = None, ch
         network: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """`git args` on a worktree with its trusted git dir passed explicitly (see the module docstring)."""
     directory = git_dir(worktree)
-    return command(["--git-dir", str(directory), "--work-tree", str(worktree.path), *args], cwd=worktree.path,
+    # What the project's setup steps made (a .venv) is not part of the change; see project_env.
+    excludes = directory / "loop-excludes"
+    ignore = ["-c", f"core.excludesFile={excludes}"] if excludes.is_file() else []
+    return command([*ignore, "--git-dir", str(directory), "--work-tree", str(worktree.path), *args], cwd=worktree.path,
                    env=env, check=check, network=network, timeout=timeout)
 
 

@@ -58,6 +58,21 @@ def read_text(path: Path, *, what: str, error: type[LoopError] = ConfigError, li
         ) from None
 
 
+MAX_YAML_DEPTH = 64
+
+
+def bracket_depth(text: str) -> int:
+    """The deepest `[`/`{` nesting (an over-count: brackets inside strings count too)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def load_yaml(path: Path, *, what: str, error: type[LoopError] = ConfigError) -> Any:
     """Parse `path` as YAML (safe types only, no duplicate keys); `error` names the file and the line."""
     return parse_yaml(read_text(path, what=what, error=error), source=str(path), error=error)
@@ -65,8 +80,13 @@ def load_yaml(path: Path, *, what: str, error: type[LoopError] = ConfigError) ->
 
 def parse_yaml(text: str, *, source: str, error: type[LoopError] = ConfigError) -> Any:
     """`text` as YAML, as `load_yaml` reads a file; `source` names where it came from in errors."""
+    if bracket_depth(text) > MAX_YAML_DEPTH:
+        # PyYAML's composer is recursive: thousands of `[` take seconds, then overflow the stack
+        raise error(f"{source}: nested deeper than {MAX_YAML_DEPTH} levels of brackets; no config needs that")
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
+    except RecursionError:
+        raise error(f"{source}: nested too deeply to read; flatten it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}:" if mark is not None else ""

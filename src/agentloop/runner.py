@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentloop import git
 from agentloop.config import LoopConfig, load_config, load_config_at
-from agentloop.confine import Confinement
+from agentloop.confine import project_confinement
 from agentloop.context import ProgressCallback, RunContext
 from agentloop.errors import IssueNotFound, LoopError, RunInterrupted, RunNotFound
 from agentloop.evidence import finalize_evidence
@@ -30,6 +30,7 @@ from agentloop.forge.base import Forge
 from agentloop.forge.factory import open_forge
 from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
+from agentloop.nodes.intake import branch_name
 from agentloop.paths import repo_root, runs_dir
 from agentloop.records import Issue, PullRequest, Usage
 from agentloop.redact import Redactor
@@ -130,7 +131,7 @@ def prepare(
 
     # before any work: a run that cannot reach its model makes no worktree, branch, baseline or comment
     preflight_model(chosen_model)
-    confinement = Confinement(config.policy)
+    confinement = project_confinement(config)
     confinement.require()  # before any work: without bubblewrap nothing runs unless the user opted in
 
     run_id = run_id or new_run_id()
@@ -142,6 +143,8 @@ def prepare(
     record.save_summary(
         RunSummary(
             id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
+            # named from the start: a run that stops before intake (the baseline failed) still says its branch
+            branch=branch_name(the_issue.number, run_id),
             pid=os.getpid(), record_cassette=str(record_cassette) if record_cassette else None,
             review=review, max_iterations=max_iterations, keep_sandbox=keep_sandbox,
         )

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agentloop.errors import LoopError, RunNotFound
 from agentloop.redact import Redactor
@@ -41,6 +41,7 @@ class RunSummary(BaseModel):
     issue_title: str = ""
     repo: str
     branch: str = ""
+    worktree: str | None = None
     model: str = ""
     status: RunStatus = "running"
     iterations: int = 0
@@ -57,9 +58,48 @@ class RunSummary(BaseModel):
     max_iterations: int | None = None
     keep_sandbox: bool = False
 
+    @field_validator("started_at", "ended_at", mode="before")
+    @classmethod
+    def _epoch(cls, value: Any) -> Any:
+        """Stored as epoch seconds (what every loop so far reads); an ISO 8601 time is read as well."""
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                raise ValueError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+        return value
+
     @property
     def duration(self) -> float:
         return (self.ended_at or time.time()) - self.started_at
+
+    def public(self) -> dict[str, Any]:
+        """What `loop runs --json` and `loop show --json` print: times as ISO 8601 in UTC, the duration."""
+        data = self.model_dump(mode="json")
+        data["started_at"] = iso_time(self.started_at)
+        data["ended_at"] = iso_time(self.ended_at) if self.ended_at is not None else None
+        return data | {"duration": round(self.duration, 1)}
+
+
+def iso_time(epoch: float) -> str:
+    """`2026-11-30T23:40:00Z`: UTC, whole seconds."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+JSON_FIELDS = (*RunSummary.model_fields, "duration")
+
+
+def json_fields(spec: str) -> list[str]:
+    """`--json FIELD,FIELD` as `gh` reads it: the fields in the order given; an unknown one is an error
+    naming every available field."""
+    fields = list(dict.fromkeys(name.strip() for name in spec.split(",") if name.strip()))
+    if not fields:
+        raise LoopError(f"--json {spec!r}: name at least one field; available fields: {', '.join(JSON_FIELDS)}")
+    unknown = [name for name in fields if name not in JSON_FIELDS]
+    if unknown:
+        raise LoopError(f"--json: unknown field {', '.join(map(repr, unknown))}; "
+                          f"available fields: {', '.join(JSON_FIELDS)}")
+    return fields
 
 
 class RunRecord:

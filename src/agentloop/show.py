@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-import time
+from datetime import datetime
 from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -70,7 +70,7 @@ def run_details(record: RunRecord) -> dict[str, Any]:
             "log_excerpts": (attempt.get("diagnosis") or {}).get("excerpts") or {},
         })
     return {
-        "run": summary.model_dump(mode="json") | {"duration": round(summary.duration, 1)},
+        "run": summary.public(),
         "branch": state.get("branch") or summary.branch,
         "worktree": state.get("worktree"),
         "sandbox": state.get("sandbox"),
@@ -82,7 +82,7 @@ def run_details(record: RunRecord) -> dict[str, Any]:
 
 def render_details(details: dict[str, Any], console: Console) -> None:
     run = details["run"]
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
+    started = datetime.fromisoformat(run["started_at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     console.print(f"[bold]{run['id']}[/bold]  issue #{run['issue']} {run['issue_title']}")
     console.print(f"status {run['status']}  iterations {run['iterations']}  started {started}  "
                   f"duration {run['duration']:.0f}s  cost ${run['cost_usd']:.4f}  model {run['model']}")

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentloop import git
+from agentloop import git, project_env
 from agentloop.config import LoopConfig, load_config, load_config_at
+from agentloop.confine import project_confinement
 from agentloop.errors import LoopError
 from agentloop.evidence.check import check_report
 from agentloop.evidence.record import EVIDENCE_FILE, artifacts, diff_stats
@@ -99,6 +100,8 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
         git.add_worktree(repository, worktree, branch=None, commit=head)
         # validated with the base commit's loop.yaml, never the change's own
         config = load_config_at(repo, base, load_config(repo))
+        # the change's head: the agent's own files, so its setup results are not shared
+        project_env.prepare(worktree, repo=repo, confinement=project_confinement(config), share=False)
         out_dir = run_dir / RERUNS / time.strftime("%Y%m%d-%H%M%S")
         if not config.services:
             return run_validation(config=config, worktree=worktree, repo=repo, base_commit=base, sandbox=None,

@@ -49,7 +49,7 @@ class RunningShop:
 
 
 def copy_shop(destination: Path) -> Path:
-    shutil.copytree(SHOP, destination, ignore=shutil.ignore_patterns("data", "__pycache__", ".pytest_cache"))
+    shutil.copytree(SHOP, destination, ignore=shutil.ignore_patterns("data", "__pycache__", ".pytest_cache", ".venv"))
     return destination
 
 

@@ -84,6 +84,8 @@ def test_dry_run_prints_every_object_with_no_cluster(cli: Cli, repo: Path, tmp_p
     env = {e["name"]: e["value"] for e in objects[2]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RATINGS_URL"] == "http://ratings.default.svc.cluster.local:9080"
     assert env["LOOP_ROUTE_KEY"] == objects[2]["metadata"]["annotations"]["loop.dev/route-key"]
+    # no `health` in loop.yaml: the fork is ready when its port accepts connections
+    assert objects[2]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] == {"tcpSocket": {"port": 9080}}
 
     code, out, _ = cli("create", "fix-1", "--fork", "reviews", "--backend", "kubernetes", "--dry-run", "-o", "json")
     assert code == 0 and [o["kind"] for o in json.loads(out)] == ["Deployment", "Service", "VirtualService"]
@@ -97,6 +99,7 @@ def test_local_dry_run_says_what_it_would_start_and_starts_nothing(cli: Cli, rep
     assert plan["backend"] == "local" and plan["baseline"].startswith("not up")
     assert [(s["service"], s["run"]) for s in plan["starts"]] == [("reviews", "python app.py --port {port}")]
     assert "free loopback port" in plan["starts"][0]["port"] and SECRET not in out
+    assert plan["starts"][0]["health"].startswith("tcp"), "no `health`: ready when the port accepts connections"
     assert plan["served_by_baseline"] == ["ratings"]
     code, out, _ = cli("ls", "--backend", "local", "--json")
     assert code == 0 and json.loads(out) == []
@@ -154,7 +157,7 @@ def test_gc_removes_an_expired_sandbox(cli: Cli, on_cluster: Callable[..., None]
     on_cluster(ttl=0.001)  # expired by the time `create` has waited for its rollout
     assert cli("create", "old", "--fork", f"reviews={repo}")[0] == 0
     code, out, _ = cli("gc", "--json")
-    assert code == 0 and json.loads(out) == ["old"]
+    assert code == 0 and [(i["action"], i["kind"], i["what"]) for i in json.loads(out)] == [("removed", "sandbox", "old")]
     assert apiserver.get("deployments", "reviews-v1-loop-old") is None
     assert json.loads(cli("ls", "--json")[1]) == []
 

@@ -126,7 +126,7 @@ def test_the_run_is_validated_with_the_base_commits_loop_yaml(make_repo: MakeRep
 
     assert outcome.status == "published", outcome.message
     assert evidence["verdict"]["comparison"]["fixed"] == ["unit: tests/test_calc.py::test_add"]
-    assert "-k" not in evidence["verdict"]["results"][0]["command"]
+    assert " -k " not in evidence["verdict"]["results"][0]["command"]
 
 
 # -- hostile changes ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from agentloop.agent.tools import ToolBox
 from agentloop.agent.transcript import Transcript
 from agentloop.config import LoopConfig
 from agentloop.errors import ModelError
+from agentloop.project_env import ProjectEnv
 from agentloop.records import EditResult, Usage
 from agentloop.redact import Redactor
 
@@ -80,7 +81,7 @@ class AgentCoder:
 
     def edit(self, task: EditTask, on_usage: UsageCallback | None = None) -> EditResult:
         shell = ConfinedShell(task.worktree, self.config.policy, extra_env=task.sandbox_env, repo=task.repo,
-                              use_bwrap=self._use_bwrap)
+                              use_bwrap=self._use_bwrap, project=ProjectEnv.of(self.config))
         toolbox = ToolBox(shell, Editor(task.worktree, self.config.policy.output_limit),
                           sandbox_env=task.sandbox_env, redactor=self._redactor)
         try:

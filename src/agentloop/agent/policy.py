@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from agentloop import git
 from agentloop.agent.command_policy import CommandPolicy, simple_commands  # noqa: F401
 from agentloop.config import PolicyConfig
 from agentloop.confine import Confinement, GitView, git_view
+from agentloop.project_env import ProjectEnv
 from agentloop.redact import scrubbed_env
 
 logger = logging.getLogger(__name__)
@@ -59,13 +59,14 @@ class ConfinedShell:
         extra_env: Mapping[str, str] | None = None,
         use_bwrap: bool | None = None,
         repo: Path | None = None,
+        project: ProjectEnv | None = None,
     ) -> None:
         self.worktree = worktree.resolve()
         self.repo = repo
         self.policy = policy
         self.rules = CommandPolicy(policy)
         self._extra_env = dict(extra_env or {})
-        self.confinement = Confinement(policy, use_bwrap=use_bwrap)
+        self.confinement = Confinement(policy, use_bwrap=use_bwrap, project=project)
         self._git: GitView | None = None
         self._scratch: Path | None = None
 
@@ -78,8 +79,10 @@ class ConfinedShell:
         extra.update({"PWD": str(self.worktree), "PAGER": "cat", "GIT_PAGER": "cat",
                       # Caches written into the worktree would end up in the pull request.
                       "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": "-p no:cacheprovider"})
-        # `python3`/`pytest` resolve to the environment loop runs in, as they do for the suites.
-        return self.confinement.env(extra, home=home, path_first=[Path(sys.executable).parent])
+        # `python3`/`pytest` resolve to the project's own (`path:` in loop.yaml), as for suites and services.
+        project = self.confinement.project
+        return self.confinement.env(project.variables(extra), home=home,
+                                    path_first=project.path_first(self.worktree))
 
     def run(self, command: str) -> CommandResult:
         """Run an already-allowed command; output (stdout+stderr) is capped at policy.output_limit."""

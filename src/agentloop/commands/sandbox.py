@@ -252,11 +252,35 @@ def remove(name: str, repo: Repo = Path("."), backend_name: BackendName = None) 
 
 
 @app.command("gc")
-def gc(repo: Repo = Path("."), as_json: AsJson = False, backend_name: BackendName = None) -> None:
-    """Remove expired sandboxes and whatever a killed `loop` left behind."""
+def gc(
+    repo: Repo = Path("."),
+    as_json: AsJson = False,
+    backend_name: BackendName = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    app_workdir: Annotated[Path | None, typer.Option(
+        "--app-workdir", help="The GitHub App's --workdir: also remove its idle per-issue clones.")] = None,
+    queue: Annotated[str | None, typer.Option(
+        help="With --app-workdir: the App's --queue when it is not the workdir's queue.sqlite3.")] = None,
+) -> None:
+    """Remove expired sandboxes, the worktrees and branches of finished runs (failed, killed, published:
+    not running ones; an open pull request's branch stays), and what is older than loop.yaml's
+    `retention`: run records, the App's idle clones, cached baseline results."""
+    from agentloop.cleanup.collect import collect
+
     with _errors():
-        removed = _open(repo, backend_name).gc()
+        try:
+            root: Path | None = paths.repo_root(repo)
+        except LoopError:
+            if app_workdir is None:
+                raise
+            root = None  # the App's server: only its clones
+        config, backend = (_config(repo, backend_name)[1], _open(repo, backend_name)) \
+            if root is not None else (None, None)
+        items = collect(root, config, backend, dry_run=dry_run, app_workdir=app_workdir, queue=queue)
         if as_json:
-            typer.echo(json.dumps(removed))
-        else:
-            typer.echo("\n".join(f"removed {item}" for item in removed) or "nothing to remove")
+            typer.echo(json.dumps([item.as_json() for item in items], indent=2))
+            return
+        for item in items:
+            typer.echo(item.line())
+        if not any(item.action != "kept" for item in items):
+            typer.echo("nothing to remove")

@@ -70,7 +70,8 @@ def local_plan(config: LoopConfig, name: str, forks: dict[str, Path], *, baselin
             "source": str(source),
             "run": spec.run,
             "port": "a free loopback port, chosen at start ({port} in run and env)",
-            "health": spec.health,
+            # Without `health`, ready means its port accepts TCP connections.
+            "health": spec.health if spec.health is not None else "tcp (ready when its port accepts connections)",
             "env": {key: MASK if _secret(key) else value for key, value in spec.env.items()},
             "database": "its own copy of the baseline's database" if spec.database else None,
         })

@@ -24,6 +24,7 @@ Without a usable bubblewrap, agent-written code does not run unless the user opt
 unconfined says so in its evidence and in the pull request.
 """
 
+from agentloop.config import LoopConfig
 from agentloop.confine.capture import Finished, kill_group
 from agentloop.confine.jail import (
     ALLOW_UNCONFINED_ENV,
@@ -34,8 +35,15 @@ from agentloop.confine.jail import (
     jail_uid,
 )
 from agentloop.confine.mounts import GitView, git_view
+from agentloop.project_env import ProjectEnv
+
+
+def project_confinement(config: LoopConfig) -> Confinement:
+    """The jail for the project's own commands under `config`: its policy, PATH, env and setup steps."""
+    return Confinement(config.policy, project=ProjectEnv.of(config))
+
 
 __all__ = [
     "ALLOW_UNCONFINED_ENV", "JAIL_UID_ENV", "Confinement", "ConfinementUnavailable", "Finished", "GitView",
-    "allowed_unconfined", "git_view", "jail_uid", "kill_group",
+    "allowed_unconfined", "git_view", "jail_uid", "kill_group", "project_confinement",
 ]

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,10 +21,12 @@ from agentloop.confine.mounts import (
     chown_tree,
     git_binds,
     mount_parents,
+    pyenv_root,
     system_binds,
     toolchain_dirs,
 )
 from agentloop.errors import LoopError
+from agentloop.project_env import ProjectEnv
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,12 @@ _DEFAULT_JAIL_UID = 65534
 _MB = 1024 * 1024
 
 
-_PASSED_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "SOURCE_DATE_EPOCH")
+_PASSED_THROUGH = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "SOURCE_DATE_EPOCH", "PYENV_VERSION")
+
+
+def _is_loops_own(directory: str) -> bool:
+    """The bin directory of the virtualenv loop runs in: its `python3` is loop's, never the project's."""
+    return sys.prefix != sys.base_prefix and Path(directory).resolve() == (Path(sys.prefix) / "bin").resolve()
 
 
 class ConfinementUnavailable(LoopError):
@@ -107,8 +115,11 @@ class Confinement:
     `use_bwrap` None probes bubblewrap on first use; True/False forces the choice (tests).
     """
 
-    def __init__(self, policy: PolicyConfig, *, use_bwrap: bool | None = None) -> None:
+    def __init__(self, policy: PolicyConfig, *, use_bwrap: bool | None = None,
+                 project: ProjectEnv | None = None) -> None:
         self.policy = policy
+        # The project's own PATH (`path:`) and variables (`env:`), under every command this jail runs.
+        self.project = project or ProjectEnv()
         self.limits: Limits = policy.limits
         self._use_bwrap = use_bwrap
         self._bwrap = shutil.which("bwrap")
@@ -219,8 +230,12 @@ class Confinement:
     def env(self, extra: Mapping[str, str], *, home: Path, path_first: Sequence[Path] = ()) -> dict[str, str]:
         """A jail's environment, built from nothing: PATH, HOME, TMPDIR, locale, then `extra`."""
         env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
-        host_path = [p for p in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if p]
+        host_path = [p for p in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep)
+                     if p and not _is_loops_own(p)]
         env["PATH"] = os.pathsep.join(dict.fromkeys([*(str(p) for p in path_first), *host_path]))
+        manager = pyenv_root()
+        if manager is not None:
+            env["PYENV_ROOT"] = str(manager)
         env.update({"HOME": str(home), "TMPDIR": "/tmp", "USER": "loop", "LOGNAME": "loop",
                     # git inside the jail: the worktree belongs to the jail's user, the objects to loop's.
                     "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*",

@@ -92,7 +92,23 @@ def toolchain_dirs() -> list[Path]:
         if path == Path.home().resolve() or path == Path("/"):
             continue  # never a whole home directory
         found.append(path)
+    manager = pyenv_root()
+    if manager is not None:
+        found.append(manager)
     return list(dict.fromkeys(found))
+
+
+def pyenv_root() -> Path | None:
+    """pyenv's root when PATH goes through its shims: a shim runs `<root>/libexec/pyenv`, which reads the
+    version files there, so the jail needs the root (read-only) and PYENV_ROOT to find it."""
+    for raw in os.environ.get("PATH", "").split(os.pathsep):
+        shims = Path(raw)
+        if shims.name != "shims" or not raw:
+            continue
+        for root in (shims.parent, shims.parent.parent.parent):  # <root>/shims, <root>/plugins/<p>/shims
+            if (root / "libexec" / "pyenv").is_file():
+                return root.resolve()
+    return None
 
 
 def _under(path: Path, root: Path) -> bool:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agentloop import project_env
+from agentloop.confine import project_confinement
 from agentloop.context import RunContext
 from agentloop.errors import DeployError
 from agentloop.nodes._common import current_attempt, update_attempt
+from agentloop.project_env import SetupFailed
 from agentloop.records import DeployResult, SandboxInfo
 from agentloop.sandbox.factory import services_for_changes
 from agentloop.state import RunState
@@ -37,7 +40,22 @@ def ensure_sandbox(state: RunState, ctx: RunContext) -> DeployResult:
     return DeployResult(ok=True, sandbox=info, forked=wanted, restarted=restarted)
 
 
+def _setup(state: RunState, ctx: RunContext) -> DeployResult | None:
+    """Setup steps again where the agent changed their inputs (a requirements file); never cached."""
+    try:
+        project_env.prepare(Path(state["worktree"]), repo=ctx.repo, confinement=project_confinement(ctx.config),
+                            share=False)
+    except SetupFailed as exc:
+        return DeployResult(ok=False, sandbox=None, error=str(exc), service="setup",
+                            exit_code=exc.process_exit_code, log_tail=exc.log_tail)
+    return None
+
+
 def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+    failed_setup = _setup(state, ctx)
+    if failed_setup is not None:
+        dumped = failed_setup.model_dump(mode="json")
+        return {"deploy": dumped, "attempts": update_attempt(state, deploy=dumped)}
     if not ctx.has_services:
         result = DeployResult(ok=True)
         sandbox: dict[str, Any] | None = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentloop import git
+from agentloop import git, project_env
+from agentloop.confine import project_confinement
 from agentloop.context import RunContext
 from agentloop.paths import worktrees_dir
 from agentloop.records import Issue
@@ -22,7 +23,9 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     branch = branch_name(int(state["issue"]["number"]), ctx.run_id)
     worktree = worktrees_dir(ctx.repo) / ctx.run_id
     git.add_worktree(repo, worktree, branch=branch, commit=base)
-    ctx.record.update_summary(branch=branch)  # run.json names the branch from the start, not only at the end
+    ctx.record.update_summary(branch=branch, worktree=str(worktree))  # what `loop sandbox gc` removes
+    # The project's dependencies, as at the base commit (no agent has touched it yet: shareable).
+    project_env.prepare(worktree, repo=ctx.repo, confinement=project_confinement(ctx.config), share=True)
     ctx.forge.comment(
         Issue.model_validate(state["issue"]),
         f"loop run `{ctx.run_id}` is working on this issue on branch `{branch}`; "

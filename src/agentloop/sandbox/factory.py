@@ -33,8 +33,8 @@ def open_backend(repo: Path, config: LoopConfig, *, state_dir: Path | None = Non
 
 
 def services_for_changes(config: LoopConfig, changed_files: Iterable[str]) -> list[str]:
-    """Services whose `path` holds a changed file, plus (transitively) those whose `depends_on` names
-    one of them -- the services a sandbox must fork, in loop.yaml order."""
+    """Services whose `path` holds a changed file, plus (transitively) those their `fork_with` names --
+    the services a sandbox must fork, in loop.yaml order. `depends_on` (start order) forks nothing."""
     changed = [PurePosixPath(name) for name in changed_files]
     chosen = {
         name for name, service in config.services.items()
@@ -42,9 +42,9 @@ def services_for_changes(config: LoopConfig, changed_files: Iterable[str]) -> li
     }
     grew = True
     while grew:
-        dependents = {name for name, svc in config.services.items() if chosen.intersection(svc.depends_on)}
-        grew = not dependents <= chosen
-        chosen |= dependents
+        companions = {other for name in chosen for other in config.services[name].fork_with}
+        grew = not companions <= chosen
+        chosen |= companions
     return [name for name in config.services if name in chosen]
 
 

@@ -110,6 +110,7 @@ class ForkSpec:
     expires_at: float
     namespace: str
     container: str | None = None
+    health: str | None = None  # loop.yaml's `health`: None means ready = accepts TCP connections
 
 
 def dns_name(*parts: str) -> str:
@@ -188,7 +189,26 @@ def fork_deployment(base: Obj, spec: ForkSpec, *, selectors: list[dict[str, str]
     container["image"] = spec.image
     env = [e for e in container.get("env") or [] if e.get("name") not in spec.env]
     container["env"] = env + [{"name": key, "value": value} for key, value in sorted(spec.env.items())]
+    _set_readiness(container, spec.health)
     return obj
+
+
+_PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+
+
+def _set_readiness(container: Obj, health: str | None) -> None:
+    """The fork's readinessProbe, which its rollout waits for: `health` as an httpGet, or without it the
+    baseline's own probe when it has one, else a tcpSocket on the container's port (what "ready" means to
+    loop when no `health` is given). The baseline's timings (delays, periods, thresholds) are kept."""
+    existing = dict(container.get("readinessProbe") or {})
+    ports = [p["containerPort"] for p in container.get("ports") or [] if "containerPort" in p]
+    if (health is None and existing) or not ports:
+        return  # no declared port: a probe on a guessed one would keep the fork from ever being ready
+    timings = {k: v for k, v in existing.items() if k not in _PROBE_HANDLERS}
+    handler: Obj = {"tcpSocket": {"port": ports[0]}}
+    if health is not None:
+        handler = {"httpGet": {"path": health, "port": ports[0]}}
+    container["readinessProbe"] = {**handler, **timings}
 
 
 def _container(containers: list[Obj], wanted: str | None, deployment: str) -> Obj:

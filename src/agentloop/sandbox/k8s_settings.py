@@ -6,6 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -83,14 +84,20 @@ def render(template: str, field: str, **values: str) -> str:
 
 
 def fill_env(template: str, urls: dict[str, str], port: str, field: str) -> str:
+    """`{port}` (the container's) and `{services.NAME.url}`, `.host`, `.port` of `urls`
+    (`http://<fully-qualified host>:<port>`) filled into a service's env value."""
     def one(match: re.Match[str]) -> str:
         ref = match.group(1)
         parts = ref.split(".")
-        if len(parts) == 3 and parts[0] == "services" and parts[2] == "url" and parts[1] in urls:
-            return urls[parts[1]]
+        if len(parts) == 3 and parts[0] == "services" and parts[1] in urls:
+            split = urlsplit(urls[parts[1]])
+            filled = {"url": urls[parts[1]], "host": split.hostname or "", "port": str(split.port or 80)}
+            if parts[2] in filled:
+                return filled[parts[2]]
         if ref == "port":
             return port
-        raise ConfigError(f"loop.yaml: {field}: unknown placeholder {{{ref}}}; use {{port}} or {{services.NAME.url}}")
+        raise ConfigError(f"loop.yaml: {field}: unknown placeholder {{{ref}}}; use {{port}} or "
+                          "{services.NAME.url} (or .host, .port)")
     return re.sub(r"\{([^{}]+)\}", one, template)
 
 

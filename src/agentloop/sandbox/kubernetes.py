@@ -193,7 +193,8 @@ class KubernetesSandboxBackend:
             spec = mf.ForkSpec(sandbox=name, service=service, route_key=route_key,
                                image=self._image(service, commit_of(self.repo, forks[service], path)), code_hash=code_hash(path),
                                env=self._env(service, name, route_key, baseline, deployment), created_at=created,
-                               expires_at=expires, namespace=self.settings.namespace, container=container)
+                               expires_at=expires, namespace=self.settings.namespace, container=container,
+                               health=self.config.services[service].health)
             plain = proxy.restored_service(base_service) if base_service is not None else None
             fork = mf.fork_deployment(deployment, spec, selectors=selectors)
             fork_svc = mf.fork_service(plain, fork, spec)

@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentloop import git
+from agentloop import git, project_env
 from agentloop.config import LoopConfig
-from agentloop.confine import Confinement
+from agentloop.confine import project_confinement
 from agentloop.errors import DeployError, LoopError
 from agentloop.records import ForkInfo, SandboxInfo
 from agentloop.sandbox import process, services
@@ -65,7 +65,7 @@ class LocalSandboxBackend:
         self.root = state_dir / "local"
         self.registry = Registry(self.root)
         self.owner_pid: int | None = os.getpid()
-        self.confinement = Confinement(config.policy)
+        self.confinement = project_confinement(config)
 
     # ---- baseline -------------------------------------------------------------------------------
 
@@ -251,30 +251,36 @@ class LocalSandboxBackend:
         return {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
 
     def _deploy(self, name: str, forks: dict[str, Path], baseline: BaselineRecord) -> None:
+        """Start the forks in `depends_on` waves. Each wave's healthy forks are routed before the next
+        starts, so a fork that calls its dependency with the route key at start reaches that one's fork;
+        after a failed wave no later one starts (those services keep what they had)."""
         record = self._require(name)
         log_dir = Path(record.log_dir)
-        launched: dict[str, process.Started] = {}
-        fresh: dict[str, ServiceProcess] = {}
-        try:
-            for service, source in forks.items():
-                launched[service], fresh[service] = self._start_fork(name, service, source.resolve(), record, baseline, log_dir)
-        except BaseException:
-            for started in launched.values():
-                process.stop(started.record)
-            raise
-        healthy, failure = services.wait_all(launched, self.config.services)
-        with self.registry.edit() as data:
-            current = data.sandboxes.get(name)
+        for wave in services.waves(self.config.services, forks):
+            launched: dict[str, process.Started] = {}
+            fresh: dict[str, ServiceProcess] = {}
+            try:
+                for service in wave:
+                    launched[service], fresh[service] = self._start_fork(
+                        name, service, forks[service].resolve(), record, baseline, log_dir)
+                healthy, failure = services.wait_all(launched, self.config.services)
+            except BaseException:
+                for started in launched.values():
+                    process.stop(started.record)
+                raise
+            with self.registry.edit() as data:
+                current = data.sandboxes.get(name)
+                if current is not None:
+                    superseded = [current.forks.pop(s) for s in wave if s in current.forks]
+                    current.forks.update({service: fresh[service] for service in healthy})
             if current is None:
+                for started in launched.values():
+                    process.stop(started.record)
                 raise LoopError(f"sandbox {name!r} was removed while it was being deployed")
-            superseded = [current.forks[s] for s in forks if s in current.forks]
-            for service in forks:
-                current.forks.pop(service, None)
-            current.forks.update({service: fresh[service] for service in healthy})
-        for old in superseded:
-            process.stop(old)
-        if failure is not None:
-            raise failure
+            for old in superseded:
+                process.stop(old)
+            if failure is not None:
+                raise failure
 
     def _start_fork(
         self, name: str, service: str, source: Path, record: SandboxRecord, baseline: BaselineRecord, log_dir: Path,
@@ -333,6 +339,7 @@ class LocalSandboxBackend:
             git.remove_worktree(repo, worktree)
         worktree.parent.mkdir(parents=True, exist_ok=True)
         git.add_worktree(repo, worktree, branch=None, commit=commit)
+        project_env.prepare(worktree, repo=self.repo, confinement=self.confinement, share=True)
         sockets = {name: process.listening_socket() for name in self.config.services}
         baseline = BaselineRecord(
             commit=commit, worktree=str(worktree), started_at=time.time(),
@@ -350,22 +357,14 @@ class LocalSandboxBackend:
         finally:
             for sock in sockets.values():
                 sock.close()
-        launched: dict[str, process.Started] = {}
+        failure: DeployError | None = None
         try:
-            for name, config in self.config.services.items():
-                db_path = None
-                if config.database is not None:
-                    db_path = services.branch_database(
-                        self._baseline_dir / "data" / name / Path(config.database.path).name,
-                        parent=None, seed=worktree / config.database.path,
-                    )
-                launched[name], baseline.services[name] = services.start(
-                    name, config, source=worktree, log_path=self._baseline_dir / "logs" / f"{name}.log",
-                    db_path=db_path, router_urls=self._router_urls(baseline), tag=(str(self.registry.path), BASELINE),
-                    confinement=self.confinement, home=self._baseline_dir / "home" / name,
-                )
-                self.registry.write(data)
-            _, failure = services.wait_all(launched, self.config.services)
+            # In `depends_on` waves, each ready before the next starts (compose's order).
+            for wave in services.waves(self.config.services, self.config.services):
+                launched = {name: self._start_baseline_service(name, worktree, baseline, data) for name in wave}
+                _, failure = services.wait_all(launched, self.config.services)
+                if failure is not None:
+                    break
         except BaseException:
             self._stop_everything(data)
             raise
@@ -378,6 +377,23 @@ class LocalSandboxBackend:
         baseline.owner = self._owner()
         baseline.ready = True
         self.registry.write(data)
+
+    def _start_baseline_service(self, name: str, worktree: Path, baseline: BaselineRecord,
+                                data: RegistryData) -> process.Started:
+        config = self.config.services[name]
+        db_path = None
+        if config.database is not None:
+            db_path = services.branch_database(
+                self._baseline_dir / "data" / name / Path(config.database.path).name,
+                parent=None, seed=worktree / config.database.path,
+            )
+        started, baseline.services[name] = services.start(
+            name, config, source=worktree, log_path=self._baseline_dir / "logs" / f"{name}.log",
+            db_path=db_path, router_urls=self._router_urls(baseline), tag=(str(self.registry.path), BASELINE),
+            confinement=self.confinement, home=self._baseline_dir / "home" / name,
+        )
+        self.registry.write(data)
+        return started
 
     def _stop_everything(self, data: RegistryData) -> None:
         """Stop the baseline and every sandbox in `data`, then record that (caller holds the lock)."""

@@ -208,14 +208,18 @@ class _Exited(Exception):
     pass
 
 
-def wait_healthy(started: Started, *, service: str, health: str, timeout: float) -> None:
-    """Poll the health path with exponential backoff until 2xx; on crash or timeout stop the process
-    group and raise DeployError carrying the exit code and the log tail."""
-    url = f"http://127.0.0.1:{started.port}{health}"
+def wait_healthy(started: Started, *, service: str, health: str | None, timeout: float) -> None:
+    """Poll with exponential backoff until the service is ready: its `health` path answers 2xx, or,
+    without one, its port accepts a TCP connection. On crash or timeout stop the process group and
+    raise DeployError carrying the exit code and the log tail."""
+    url = f"http://127.0.0.1:{started.port}{health}" if health is not None else f"127.0.0.1:{started.port} (TCP)"
 
     def probe(client: httpx.Client) -> None:
         if started.process.poll() is not None:
             raise _Exited
+        if health is None:
+            _connect(started.port, timeout=min(2.0, timeout))
+            return
         response = client.get(url)
         if response.status_code >= 300:
             raise _NotReady(f"{url} answered {response.status_code}")
@@ -245,6 +249,15 @@ def wait_healthy(started: Started, *, service: str, health: str, timeout: float)
             f"service {service!r} not healthy at {url} within {timeout:g}s ({exc}); see {started.log_path}",
             service=service, exit_code=None, log_tail=tail(started.log_path),
         ) from None
+
+
+def _connect(port: int, *, timeout: float) -> None:
+    """A TCP connection to the port, closed at once; _NotReady when nothing accepts it."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise _NotReady(f"no TCP connection to 127.0.0.1:{port} ({exc.strerror or exc})") from None
 
 
 def _wait_for_log(path: Path) -> None:

@@ -2,7 +2,8 @@
 
 A service's `run` and `env` values may use `{port}` (the port it must listen on), `{database}` (its
 own SQLite copy) and `{services.NAME.url}` (NAME's stable router address, so calls between services go
-through the router and keep their route key). The command runs with cwd = the source root (the
+through the router and keep their route key), or its parts `{services.NAME.host}` and `{services.NAME.port}`
+for a service that takes them separately. The command runs with cwd = the source root (the
 worktree root, not the service's `path`), confined (`agentloop.confine`), with an environment built from
 nothing: PATH, HOME, locale, what the service's `env` gives, LOOP_SERVICE, PORT, with a database
 LOOP_DB_PATH and, for a fork, its sandbox and route key (LOOP_SANDBOX, LOOP_ROUTE_KEY and Signadot's
@@ -15,11 +16,12 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
-import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from agentloop import config_rules
 from agentloop.config import ServiceConfig
 from agentloop.confine import Confinement
 from agentloop.errors import ConfigError, DeployError
@@ -27,7 +29,7 @@ from agentloop.sandbox import process
 from agentloop.sandbox.registry import ServiceProcess
 from agentloop.sandbox.route_key import fork_env
 
-_PLACEHOLDER = re.compile(r"\{(port|database|services\.([\w-]+)\.url)\}")
+_PLACEHOLDER = re.compile(r"\{(port|database|services\.([\w-]+)\.(url|host|port))\}")
 
 
 def expand(text: str, *, field: str, port: int, database: str | None, router_urls: Mapping[str, str]) -> str:
@@ -44,9 +46,19 @@ def expand(text: str, *, field: str, port: int, database: str | None, router_url
         if name not in router_urls:
             known = ", ".join(sorted(router_urls))
             raise ConfigError(f"loop.yaml: field `{field}` names unknown service {name!r} (known: {known})")
-        return router_urls[name]
+        return url_part(router_urls[name], match.group(3))
 
     return _PLACEHOLDER.sub(substitute, text)
+
+
+def url_part(url: str, part: str) -> str:
+    """`part` ("url", "host" or "port") of a service address `http://host:port`."""
+    if part == "url":
+        return url
+    split = urlsplit(url)
+    if part == "host":
+        return split.hostname or ""
+    return str(split.port or (443 if split.scheme == "https" else 80))
 
 
 def branch_database(destination: Path, *, parent: Path | None, seed: Path) -> Path:
@@ -95,7 +107,8 @@ def start(
         raise DeployError(f"service {name!r}: source {source} is not a directory", service=name)
     writable = [source, *([db_path.parent] if db_path is not None else [])]
     jailed = confinement.argv(["/bin/sh", "-c", command], cwd=source, writable=writable, home=home, network=True)
-    env = confinement.env(given, home=home, path_first=[Path(sys.executable).parent])
+    project = confinement.project
+    env = confinement.env(project.variables(given), home=home, path_first=project.path_first(source))
     started = process.launch(
         jailed, cwd=source, env=env, log_path=log_path, port=port, tag=(tag[0], tag[1], name), shown=command,
         max_log_mb=confinement.limits.output_mb * 4,
@@ -108,10 +121,16 @@ def start(
     return started, record
 
 
+def waves(configs: Mapping[str, ServiceConfig], names: Iterable[str]) -> list[list[str]]:
+    """`names` in start order: each wave's services depend (`depends_on`) only on earlier waves or on
+    services not in `names` (already running: the baseline's, for a sandbox's forks)."""
+    return config_rules.start_order({name: configs[name].depends_on for name in names})
+
+
 def wait_all(
     launched: dict[str, process.Started], services: Mapping[str, ServiceConfig]
 ) -> tuple[list[str], DeployError | None]:
-    """Wait for every launched service to be healthy (they start in parallel). Return the healthy
+    """Wait for every launched service to be healthy (one wave starts in parallel). Return the healthy
     ones and the first failure; a failed service's processes are already stopped."""
     healthy: list[str] = []
     failure: DeployError | None = None

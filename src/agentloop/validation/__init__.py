@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agentloop import git
 from agentloop.config import LoopConfig, PlanRef, SuiteConfig
-from agentloop.confine import Confinement
+from agentloop.confine import Confinement, project_confinement
 from agentloop.errors import ConfigError
 from agentloop.records import SandboxInfo, SuiteResult, Verdict
 from agentloop.sandbox.base import SandboxBackend
@@ -56,7 +56,7 @@ def run_validation(
     """Run every suite and plan of `config.validate_` and decide the verdict; write artifacts to `out_dir`.
     `worktree` is a checkout of the user's repository `repo` (loop's git finds its git dir from there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    confinement = Confinement(config.policy)
+    confinement = project_confinement(config)
     secrets: list[str] = []  # the route key is not secret: the PR body shows it and logs need it
     health = {name: service.health for name, service in config.services.items()}
     checkout = git.Worktree(repo, worktree)
@@ -124,7 +124,7 @@ def _plan_file(ref: PlanRef, repo: Path, base_commit: str, worktree: Path, scrat
 
 def _plan(
     ref: PlanRef, path: Path, sandbox: SandboxInfo | None, backend: SandboxBackend | None, out_dir: Path,
-    health: dict[str, str],
+    health: dict[str, str | None],
 ) -> SuiteResult:
     name = ref.name or Path(ref.plan).stem
     if sandbox is None:

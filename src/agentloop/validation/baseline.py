@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentloop import git
+from agentloop import git, project_env
 from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.records import Comparison, SandboxInfo, SuiteResult
@@ -124,7 +124,7 @@ def run_changed_on_base(
     wanted = {id(run): _in_changed_files(run, changed_tests) for run in runs}
     if not any(wanted.values()):
         return
-    with base_worktree(repo, base_commit, copy_from=worktree, files=changed_tests) as tree:
+    with base_worktree(repo, base_commit, copy_from=worktree, files=changed_tests, confinement=confinement) as tree:
         for run in runs:
             names = wanted[id(run)]
             if run.config is None or not names:
@@ -181,14 +181,17 @@ def _in_changed_files(run: SuiteRun, changed_tests: Sequence[str]) -> list[str]:
 
 @contextmanager
 def base_worktree(repo: Path, base_commit: str, *, copy_from: Path | None = None,
-                  files: Sequence[str] = ()) -> Iterator[Path]:
+                  files: Sequence[str] = (), confinement: Confinement | None = None) -> Iterator[Path]:
     """A temporary detached worktree of the user's repository `repo` at `base_commit`, with `files` of
-    `copy_from` (the run's worktree) copied in, or removed where the change removed them."""
+    `copy_from` (the run's worktree) copied in, or removed where the change removed them. With
+    `confinement`, the project's setup steps (its `project`) are brought in first (from the cache)."""
     user_repo = git.open_repo(repo)  # never the run's worktree: its `.git` is the agent's to rewrite
     root = Path(tempfile.mkdtemp(prefix="loop-baseline-"))
     path = root / "tree"
     try:
         git.add_worktree(user_repo, path, branch=None, commit=base_commit)
+        if confinement is not None:
+            project_env.prepare(path, repo=repo, confinement=confinement, share=True)
         for name in files if copy_from is not None else ():
             assert copy_from is not None
             _copy_in(copy_from / name, path / name)

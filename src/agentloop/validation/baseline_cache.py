@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.paths import state_dir
+from agentloop.project_env import ProjectEnv
 from agentloop.records import BaselineSource, SandboxInfo, SuiteResult
 from agentloop.validation.baseline import FLAKY, base_worktree, baseline_view
 from agentloop.validation.suites import run_suite, safe_name, suite_env
@@ -75,9 +76,14 @@ class FullBaseline:
         return {t.name: FLAKY if t.flaky else t.outcome for t in self.result.tests}
 
 
-def config_hash(suite: SuiteConfig) -> str:
-    """What identifies a suite's configuration in the cache: everything loop.yaml says about it."""
-    payload = json.dumps({"format": _FORMAT, "suite": suite.model_dump(mode="json")}, sort_keys=True)
+def config_hash(suite: SuiteConfig, project: ProjectEnv | None = None) -> str:
+    """What identifies a suite's configuration in the cache: everything loop.yaml says about it and the
+    project's environment (`path`, `env`, setup steps) it runs in."""
+    project = project or ProjectEnv()
+    environment = {"path": list(project.path), "env": dict(project.env),
+                   "setup": [[item.name, item.cwd, item.step.model_dump(mode="json")] for item in project.steps]}
+    payload = json.dumps({"format": _FORMAT, "suite": suite.model_dump(mode="json"), "project": environment},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -91,7 +97,7 @@ def full_baselines(
         raise ValueError(f"base commit {base_commit!r} is not a full commit id")
     root = state_dir(repo) / CACHE_DIR / base_commit
     found: dict[str, FullBaseline] = {}
-    with _LazyTree(repo, base_commit) as tree:
+    with _LazyTree(repo, base_commit, confinement) as tree:
         for suite in suites:
             if suite.sandbox and sandbox is None:
                 continue
@@ -105,7 +111,7 @@ def full_baselines(
 
 def _one(suite: SuiteConfig, *, root: Path, tree: _LazyTree, sandbox: SandboxInfo | None,
          confinement: Confinement, commit: str) -> FullBaseline:
-    digest = config_hash(suite)
+    digest = config_hash(suite, confinement.project)
     entry = root / digest
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{digest}.lock", suite.suite):
@@ -191,14 +197,15 @@ def _locked(path: Path, suite: str) -> Iterator[None]:
 class _LazyTree:
     """The base commit's worktree, made on first use (a cache hit needs none) and removed at the end."""
 
-    def __init__(self, repo: Path, base_commit: str) -> None:
-        self._repo, self._commit = repo, base_commit
+    def __init__(self, repo: Path, base_commit: str, confinement: Confinement) -> None:
+        self._repo, self._commit, self._confinement = repo, base_commit, confinement
         self._stack = ExitStack()
         self._path: Path | None = None
 
     def get(self) -> Path:
         if self._path is None:
-            self._path = self._stack.enter_context(base_worktree(self._repo, self._commit))
+            tree = base_worktree(self._repo, self._commit, confinement=self._confinement)
+            self._path = self._stack.enter_context(tree)
         return self._path
 
     def __enter__(self) -> Self:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jsonschema
@@ -55,12 +57,12 @@ def run_plan(
     backend: SandboxBackend | None,
     out_dir: Path,
     baseline: bool = False,
-    health_paths: Mapping[str, str] | None = None,
+    health_paths: Mapping[str, str | None] | None = None,
 ) -> SuiteResult:
     """Run the plan at `path`; a bad file raises ConfigError naming the file and the field.
 
-    `health_paths` (service -> path, from loop.yaml) is what `wait: {until: healthy}` polls;
-    `/healthz` when not given.
+    `health_paths` (service -> `health` path, from loop.yaml) is what `wait: {until: healthy}` polls;
+    for a service without one, healthy means it accepts a TCP connection (as when loop starts it).
     """
     plan = load_plan(path)
     records = out_dir / safe_name(plan.name)
@@ -81,7 +83,7 @@ def run_plan(
 class _StepRunner:
     def __init__(
         self, client: httpx.Client, sandbox: SandboxInfo, backend: SandboxBackend | None, baseline: bool,
-        health_paths: dict[str, str], started: float,
+        health_paths: dict[str, str | None], started: float,
     ) -> None:
         self.client = client
         self.sandbox = sandbox
@@ -127,9 +129,13 @@ class _StepRunner:
         return headers
 
     def _wait(self, wait: WaitAction, record: dict[str, Any]) -> None:
-        check = StatusCheck(path=self.health_paths.get(wait.service, "/healthz")) if wait.until == "healthy" else wait.until
+        health = self.health_paths.get(wait.service)
+        if wait.until == "healthy" and health is None:
+            self._wait_tcp(wait, record)
+            return
+        check = StatusCheck(path=health) if wait.until == "healthy" else wait.until
         assert isinstance(check, StatusCheck)
-        url = self._url(wait.service, check.path or self.health_paths.get(wait.service, "/healthz"))
+        url = self._url(wait.service, check.path or health or "/")
         record["request"] = {"method": "GET", "url": url, "until_status": check.status, "timeout": wait.timeout}
         attempts = Retrying(
             stop=stop_after_delay(wait.timeout), wait=wait_fixed(0.2),
@@ -143,6 +149,22 @@ class _StepRunner:
                 f"{wait.service} did not answer {check.status} at {url} within {wait.timeout:g}s (last: {last})"
             ) from None
         record["response"] = {"status": status}
+
+    def _wait_tcp(self, wait: WaitAction, record: dict[str, Any]) -> None:
+        """Until the service accepts a TCP connection: the sandbox's fork itself when it forked the
+        service (the router in front always accepts), else the address the plan's requests go to."""
+        fork = None if self.baseline else self.sandbox.forks.get(wait.service)
+        split = urlsplit(fork.url if fork is not None else self._url(wait.service, "/"))
+        address = (split.hostname or "127.0.0.1", split.port or (443 if split.scheme == "https" else 80))
+        record["request"] = {"tcp": f"{address[0]}:{address[1]}", "timeout": wait.timeout}
+        attempts = Retrying(stop=stop_after_delay(wait.timeout), wait=wait_fixed(0.2),
+                            retry=retry_if_result(lambda error: error is not None))
+        try:
+            attempts(_connect, address)
+        except RetryError as exc:
+            raise StepFailed(f"{wait.service} did not accept a TCP connection at {address[0]}:{address[1]} within "
+                             f"{wait.timeout:g}s (last: {exc.last_attempt.result()})") from None
+        record["response"] = {"connected": True}
 
     def _poll(self, url: str) -> int | str:
         try:
@@ -228,6 +250,15 @@ def json_value(document: Any, path: str) -> Any:
         else:
             return _MISSING
     return node if position == len(rest) else _MISSING
+
+
+def _connect(address: tuple[str, int]) -> str | None:
+    """None once a TCP connection to `address` is made (and closed), else why not."""
+    try:
+        with socket.create_connection(address, timeout=2.0):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def _masked(headers: Mapping[str, str]) -> dict[str, str]:

@@ -2,7 +2,8 @@
 from JUnit XML, one `TestCaseResult` per test.
 
 pytest commands get `--junitxml` added (with `junit_family=xunit1`, whose `file` attribute lets a
-failing test be rerun by its node id); other runners name their report with `junit:`. A runner with
+failing test be rerun by its node id), also after `cd dir &&`, `VAR=1` or `env X=1` (see
+`pytest_command`); other runners name their report with `junit:`. A runner with
 no report still gives one result: the suite itself, passed or failed by its exit code.
 """
 
@@ -12,7 +13,6 @@ import json
 import logging
 import re
 import shlex
-import sys
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +25,12 @@ from agentloop.config import PolicyConfig, SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.redact import redact
+from agentloop.validation import pytest_command
 
 log = logging.getLogger(__name__)
 
 TAIL_CHARS = 3000
 _MESSAGE_CHARS = 2000
-_PYTEST_START = re.compile(r"^\s*(?:\S*/)?(?:pytest|py\.test|python[\d.]*\s+-m\s+pytest)(?:\s|$)")
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$()]")
 
 
@@ -56,7 +56,7 @@ def suite_env(sandbox: SandboxInfo | None) -> dict[str, str]:
 
 
 def is_pytest(command: str) -> bool:
-    return bool(_PYTEST_START.match(command))
+    return pytest_command.recognise(command) is not None
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def run_suite(
     confinement: Confinement | None = None,
 ) -> SuiteResult:
     """Run `suite` in `cwd`, confined (see `agentloop.confine`); write `<label>.xml` and `<label>.log`
-    into `out_dir`. `env` is what the suite gets on top of the jail's own environment (`suite_env`).
+    into `out_dir`. `env` is what the suite gets on top of the jail's own environment (`suite_env`),
+    after the project's `env:` and the suite's own; PATH starts with the project's `path:`.
 
     `only` names tests (node ids) to run instead of the whole suite where the runner allows it
     (pytest); other runners run whole and their results are filtered to those names.
@@ -101,8 +102,10 @@ def run_suite(
         elif suite.junit:
             report = cwd / suite.junit
             report.unlink(missing_ok=True)
-        outcome = _run(command, cwd=cwd, env=env, timeout=suite.timeout, confinement=confinement,
-                       writable=[cwd, reports], home=Path(scratch) / "home")
+        project = confinement.project
+        outcome = _run(command, cwd=cwd, env=project.variables(suite.env, env), timeout=suite.timeout,
+                       confinement=confinement, writable=[cwd, reports], home=Path(scratch) / "home",
+                       path_first=project.path_first(cwd))
         return _result(suite, label, command, outcome, report, cwd=cwd, out_dir=out_dir, only=only,
                        secrets=secrets)
 
@@ -120,6 +123,10 @@ def _result(
     if outcome.timed_out:
         result.error = f"timed out after {suite.timeout:g}s (raise `timeout:` for suite {suite.suite!r} in loop.yaml)"
     tests = _read_report(report, secrets) if report.is_file() else None
+    recognised = pytest_command.recognise(command)
+    if tests is not None and recognised is not None:  # after `cd sub &&`, names are relative to sub
+        for test in tests:
+            test.name = pytest_command.repo_relative(test.name, recognised.directory, cwd)
     if report.is_file():
         # the report holds failure messages and captured output: kept with secrets masked, like the log
         xml = report.read_text(encoding="utf-8", errors="replace")
@@ -180,12 +187,12 @@ def _within(path: str, root: str) -> bool:
 
 
 def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, confinement: Confinement,
-         writable: Sequence[Path], home: Path) -> _Outcome:
+         writable: Sequence[Path], home: Path, path_first: Sequence[Path]) -> _Outcome:
     # The jail kills the runner's whole process tree on a timeout, a Ctrl-C or a stop request.
     limits = confinement.limits
     finished = confinement.run(
         ["/bin/sh", "-c", command], cwd=cwd, writable=writable, home=home, network=True, timeout=timeout,
-        env=confinement.env(env, home=home, path_first=[Path(sys.executable).parent]),
+        env=confinement.env(env, home=home, path_first=path_first),
         output_limit=limits.output_mb * 1024 * 1024, watch_disk=cwd,
     )
     output = finished.output
