@@ -29,9 +29,9 @@ system-deps:
 demo: $(STAMP) system-deps
 	$(BIN)/loop demo
 
-# Three workers: most of a test's time is spent waiting on real services and processes, not on a core.
+# Four workers: most of a test's time is spent waiting on real services and processes, not on a core.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -24,12 +24,14 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
+from agentloop import locks
 from agentloop.errors import RepoError, WorktreeTampered
 from agentloop.redact import redact, scrubbed_env
 
@@ -163,19 +165,33 @@ def add_worktree(repo: git.Repo, path: Path, *, branch: str | None, commit: str)
         return path
     args = ["worktree", "add", "--force", "--quiet"]
     args += ["-B", branch] if branch else ["--detach"]
-    command([*args, str(path), commit], cwd=_top(repo))
+    top = _top(repo)
+    with _worktrees_locked(top):
+        command([*args, str(path), commit], cwd=top)
     return path
 
 
 def remove_worktree(repo: git.Repo, path: Path) -> None:
     top = _top(repo)
-    if path.exists() or path.is_symlink():
-        done = command(["worktree", "remove", "--force", str(path)], cwd=top, check=False)
-        if done.returncode != 0:
+    with _worktrees_locked(top):
+        if path.exists() or path.is_symlink():
+            done = command(["worktree", "remove", "--force", str(path)], cwd=top, check=False)
+            if done.returncode == 0:
+                return
             # git refuses a worktree whose `.git` was replaced; it is loop's own scratch copy, so it goes anyway
             log.warning("%s: git could not remove the worktree (%s); deleting it", path, done.stderr.strip())
             shutil.rmtree(path, ignore_errors=True)
-    command(["worktree", "prune"], cwd=top)
+        command(["worktree", "prune"], cwd=top)
+
+
+@contextmanager
+def _worktrees_locked(top: Path) -> Iterator[None]:
+    """One worktree add/remove/prune at a time per repository, across loop's processes: a prune (or any
+    listing) while another process is half-way through an add reads an admin dir without `commondir`
+    and fails, or prunes the new worktree."""
+    lock = Path(command(["rev-parse", "--git-common-dir"], cwd=top).stdout.strip())
+    with locks.held((lock if lock.is_absolute() else top / lock) / "loop-worktrees.lock"):
+        yield
 
 
 def common_dir(repo: Path) -> Path:

@@ -16,7 +16,6 @@ the base-commit comparison and every run of a batch share one install:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,12 +25,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentloop import git
+from agentloop import git, locks
 from agentloop.config import LoopConfig, SetupStep
 from agentloop.errors import DeployError
 from agentloop.paths import state_dir
@@ -120,7 +118,7 @@ def prepare(checkout: Path, *, repo: Path, confinement: Confinement, share: bool
         if installed.get(item.name) == key and all(path.exists() for path in creates):
             done.append(StepDone(item.name, "installed", 0.0))
             continue
-        with _locked(cache / f"{key}.lock"):
+        with locks.held(cache / f"{key}.lock"):
             entry = cache / key
             if item.step.creates and entry.is_dir():
                 _restore(entry, checkout, item)
@@ -282,13 +280,3 @@ def _write_excludes(admin_dir: Path, steps: Sequence[SetupItem]) -> None:
     lines = {"/" + "/".join(p for p in (item.cwd.strip("/"), created.strip("/")) if p)
              for item in steps for created in item.step.creates}
     (admin_dir / EXCLUDES).write_text("".join(f"{line}\n" for line in sorted(lines)), encoding="utf-8")
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -31,11 +31,12 @@ from agentloop.forge.factory import open_forge
 from agentloop.forge.local import parse_issue_file
 from agentloop.graph import build_graph
 from agentloop.nodes.intake import branch_name
-from agentloop.paths import repo_root, runs_dir
+from agentloop.paths import repo_root, runs_dir, worktrees_dir
 from agentloop.records import Issue, PullRequest, Usage
 from agentloop.redact import Redactor
 from agentloop.runs import RunRecord, RunSummary, list_runs, new_run_id, open_run, process_alive
 from agentloop.runstore import database_url, postgres_checkpointer
+from agentloop.sandbox import owned
 from agentloop.state import RunState, RunStatus
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,15 @@ def _checkpointer(record: RunRecord) -> Iterator[BaseCheckpointSaver[Any]]:
 def _drive(
     ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool, resuming: bool = False
 ) -> RunOutcome:
+    # what the run starts (jailed commands, temporary worktrees) is recorded as its own before it starts;
+    # what a killed process of this run left is stopped and removed first, the rest when the run ends
+    with owned.owning(owned.run_owner(ctx.repo, ctx.run_id)):
+        return _drive_owned(ctx, initial, review=review, manage_baseline=manage_baseline, resuming=resuming)
+
+
+def _drive_owned(
+    ctx: RunContext, initial: RunState | None, *, review: bool, manage_baseline: bool, resuming: bool = False
+) -> RunOutcome:
     config: RunnableConfig = {
         "configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations,
     }
@@ -282,6 +292,8 @@ def _drive(
         _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=started_baseline)
         if not ctx.keep_sandbox:  # the forks are gone: their logs can be rewritten with the run's known values masked
             ctx.redactor.mask_tree(ctx.record.dir / "logs")
+            if status == "published":
+                _remove_worktree(ctx)
     return _conclude(ctx, state, status=status, message=message)
 
 
@@ -290,8 +302,11 @@ def finish(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message
     """What a run does after its graph, for a graph driven elsewhere (LangGraph Server): stop what it
     started, then record how it ended."""
     _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=stop_baseline)
+    owned.release(owned.run_owner(ctx.repo, ctx.run_id))
     if not ctx.keep_sandbox:
         ctx.redactor.mask_tree(ctx.record.dir / "logs")
+        if status == "published":
+            _remove_worktree(ctx)
     return _conclude(ctx, state, status=status, message=message)
 
 
@@ -331,6 +346,18 @@ def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> N
         log.warning("cleanup of run %s did not finish; run `loop sandbox gc`", ctx.run_id, exc_info=True)
 
 
+def _remove_worktree(ctx: RunContext) -> None:
+    """A published run's worktree: its change is on the branch (the pull request), nothing reads it again."""
+    path = worktrees_dir(ctx.repo) / ctx.run_id
+    try:
+        if path.is_symlink():
+            path.unlink()  # never followed: only the link is loop's
+        elif path.exists():
+            git.remove_worktree(git.open_repo(ctx.repo), path)
+    except (LoopError, OSError):
+        log.warning("could not remove the worktree of run %s; `loop sandbox gc` does", ctx.run_id, exc_info=True)
+
+
 def _other_runs_alive(ctx: RunContext) -> bool:
     """Another `loop` run of this repository still going: it may need the baseline this run started."""
     return any(
@@ -344,6 +371,8 @@ def _tracking(record: RunRecord, progress: ProgressCallback | None) -> ProgressC
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("kind")
+        if kind == "node" and event.get("event") == "start":
+            owned.kill_point(f"node:{event.get('node')}")  # tests: a `loop` killed as a node starts
         if kind == "usage":
             record.update_summary(cost_usd=event["cost_usd"], tokens=event["tokens"])
         elif kind == "node" and event.get("event") == "start" and event.get("node") == "edit":

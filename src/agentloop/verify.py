@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from agentloop.evidence.record import EVIDENCE_FILE, artifacts, diff_stats
 from agentloop.records import SandboxInfo, Verdict
 from agentloop.sandbox.base import SandboxBackend
 from agentloop.sandbox.factory import open_backend, services_for_changes
+from agentloop.sandbox.owned import scratch_worktree
 from agentloop.validation import run_validation
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,8 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
     base, head = (evidence.get("commits") or {}).get("base"), (evidence.get("commits") or {}).get("head")
     if not base or not head:
         raise LoopError(f"{run_dir / EVIDENCE_FILE}: no base or head commit recorded; nothing to rerun")
-    repository = git.open_repo(repo)
-    scratch = Path(tempfile.mkdtemp(prefix="loop-verify-"))
-    worktree = scratch / "tree"
-    try:
-        git.add_worktree(repository, worktree, branch=None, commit=head)
+    # under loop's state dir as this process's (`sandbox.owned`): gc removes it if this command is killed
+    with scratch_worktree(repo, head, prefix="verify-") as worktree:
         # validated with the base commit's loop.yaml, never the change's own
         config = load_config_at(repo, base, load_config(repo))
         # the change's head: the agent's own files, so its setup results are not shared
@@ -115,9 +111,6 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
         finally:
             if started_baseline:
                 backend.baseline_down()
-    finally:
-        git.remove_worktree(repository, worktree)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _in_sandbox(

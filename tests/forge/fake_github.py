@@ -135,6 +135,7 @@ class FakeGitHub:
         api = "/api/v3/repos/{owner}/{name}"
         return Starlette(routes=[
             Route("/api/v3/app/installations/{iid:int}/access_tokens", self._access_token, methods=["POST"]),
+            Route("/api/v3/user", self._user, methods=["GET"]),
             Route(api, self._repo, methods=["GET"]),
             Route(api + "/issues/{number:int}", self._issue, methods=["GET"]),
             Route(api + "/issues/{number:int}/comments", self._comments, methods=["GET", "POST"]),
@@ -188,6 +189,17 @@ class FakeGitHub:
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.token_lifetime))
         return JSONResponse({"token": token, "expires_at": expires}, status_code=201)
 
+    async def _user(self, request: Request) -> Response:
+        """Who the token is: a personal token's user; an App's installation token may not ask (as on GitHub)."""
+        failed = await self._record(request)
+        if failed is not None:
+            return failed
+        if not self._authorized(request):
+            return JSONResponse({"message": "Bad credentials"}, status_code=401)
+        if "installation" in request.headers.get("authorization", ""):
+            return JSONResponse({"message": "Resource not accessible by integration"}, status_code=403)
+        return JSONResponse({"login": "loop[bot]", "type": "Bot"})
+
     async def _repo(self, request: Request) -> Response:
         failed, repo = await self._guard(request)
         if failed or repo is None:
@@ -239,9 +251,9 @@ class FakeGitHub:
         if failed or repo is None:
             return failed or Response(status_code=500)
         if request.method == "GET":
-            head = request.query_params.get("head", "")
+            head, state = request.query_params.get("head", ""), request.query_params.get("state", "open")
             found = [p for p in repo.pulls if f"{repo.slug.split('/')[0]}:{p['head']['ref']}" == head or not head]
-            return JSONResponse(found)
+            return JSONResponse([p for p in found if state == "all" or p["state"] == state])
         data = json.loads(await request.body())
         sha = self.branch_sha(repo.slug, data["head"])
         if sha is None:
@@ -250,6 +262,7 @@ class FakeGitHub:
             return JSONResponse({"message": "A pull request already exists"}, status_code=422)
         number = 100 + len(repo.pulls) + 1
         pull = {"number": number, "html_url": f"{self.base}/{repo.slug}/pull/{number}", "title": data["title"],
+                "state": "open",
                 "body": data["body"], "draft": data.get("draft", False), "base": {"ref": data["base"]},
                 "head": {"ref": data["head"], "sha": sha}}
         repo.pulls.append(pull)

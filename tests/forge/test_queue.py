@@ -33,9 +33,9 @@ def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
 
 
 def test_deliveries_are_remembered(queue: JobQueue) -> None:
-    assert queue.record_delivery("d-1") is True
-    assert queue.record_delivery("d-1") is False
-    assert queue.record_delivery("d-2") is True
+    assert queue.accept("d-1", None).outcome == "ignored"
+    assert queue.accept("d-1", None).outcome == "redelivery"
+    assert queue.accept("d-2", None).outcome == "ignored"
 
 
 def test_one_active_job_per_issue_and_claim_order(queue: JobQueue) -> None:

@@ -115,8 +115,8 @@ def _wait(what: str, check: Callable[[], Any], server: Server, log: Path, timeou
     raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
-def _validate_started(clone: Path) -> str | None:
-    for events in (clone / ".loop" / "runs").glob("*/events.jsonl"):
+def _validate_started(runs: Path) -> str | None:
+    for events in runs.glob("*/events.jsonl"):
         for line in events.read_text().splitlines():
             event = json.loads(line)
             if event["node"] == "validate" and event["event"] == "start":
@@ -156,13 +156,13 @@ def test_kill_9_mid_validate_then_restart_resumes_the_run_and_runs_the_queued_jo
            "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": github.api_url, "LOOP_MODEL": f"replay:{cassette}",
            "LOOP_LOG_LEVEL": "INFO"}  # the server log is what a failure shows
     args = ["--queue", str(tmp_path / "queue.sqlite3"), "--workdir", str(workdir)]
-    clone7 = workdir / "repos" / "acme" / "shop" / "issue-7"
+    shop = workdir / "repos" / "acme" / "shop"  # one clone (git/) for the repository, run records in runs/
 
     first = Server(args, env, log)
     started.append(first)
     assert "queued" in first.deliver_label(7)
-    run_id = _wait("issue 7's run to reach validate", lambda: _validate_started(clone7), first, log)
-    _wait("the suite to hold", lambda: any(clone7.glob(".git/loop/worktrees/*/.holding")), first, log)
+    run_id = _wait("issue 7's run to reach validate", lambda: _validate_started(shop / "runs"), first, log)
+    _wait("the suite to hold", lambda: any(shop.glob("git/loop/worktrees/*/.holding")), first, log)
     _wait("the job to carry its run id", lambda: first.jobs()[7]["run_id"] == run_id, first, log)
     assert "queued" in first.deliver_label(8)
     assert first.jobs()[8]["status"] == "queued"
@@ -184,7 +184,7 @@ def test_kill_9_mid_validate_then_restart_resumes_the_run_and_runs_the_queued_jo
     assert jobs[7]["run_id"] == run_id and jobs[7]["attempts"] == 2, "issue 7's run was resumed, not restarted"
     assert jobs[8]["run_id"] != run_id
 
-    events = [json.loads(line) for line in (clone7 / ".loop" / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (shop / "runs" / run_id / "events.jsonl").read_text().splitlines()]
     assert [e["node"] for e in events if e["event"] == "end"].count("edit") == 1, "the edit done before the kill was kept"
 
     pulls = {pull["head"]["ref"]: pull for pull in github.repos[SLUG].pulls}

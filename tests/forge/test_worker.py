@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from agentloop.forge.app import AppSettings, create_app, signature_for
 from agentloop.forge.auth import AppAuth
+from agentloop.forge.base import Step
 from agentloop.forge.github import STATUS_MARKER, GitHubForge
 from agentloop.forge.queue import Job, JobQueue
 from agentloop.forge.worker import Worker
@@ -48,22 +49,24 @@ class TinyRun:
         self.calls: list[tuple[str, Path, str]] = []
 
     def fix(self, repo: Path, issue: str, *, model: str | None, forge: GitHubForge,
-            cancel: threading.Event, progress: Callable[[dict[str, Any]], None]) -> Outcome:
+            cancel: threading.Event, progress: Callable[[dict[str, Any]], None],
+            runs_root: Path | None = None) -> Outcome:
         self.calls.append(("fix", repo, issue))
         run_id = f"r-tiny-{len(self.calls)}"
         progress({"run_id": run_id, "kind": "node"})
         the_issue = forge.get_issue(int(issue))
+        forge.comment(the_issue, "working", step=Step(run_id, "intake"))
         branch = f"loop/{issue}-{run_id}"
         git(repo, "checkout", "-q", "-b", branch)
         (repo / "app.py").write_text("def total(a, b):\n    return a + b\n", encoding="utf-8")
         git(repo, "commit", "-qam", "fix total")
         pull = forge.publish(worktree=Worktree(repo, repo), branch=branch, title=the_issue.title, body="all green",
                              draft=False, issue=the_issue)
-        forge.comment(the_issue, f"opened {pull.url}")
+        forge.comment(the_issue, f"opened {pull.url}", step=Step(run_id, "publish", 1))
         return Outcome(run_id=run_id, status="published", pull_request=pull)
 
     def resume(self, repo: Path, run_id: str, *, forge: GitHubForge, cancel: threading.Event,
-               progress: Callable[[dict[str, Any]], None]) -> Outcome:
+               progress: Callable[[dict[str, Any]], None], runs_root: Path | None = None) -> Outcome:
         self.calls.append(("resume", repo, run_id))
         return Outcome(run_id=run_id, status="failed", message="resumed and stopped")
 
@@ -117,7 +120,7 @@ def serve(github: FakeGitHub, tmp_path: Path, app_key: tuple[str, str]) -> Itera
 
 
 def test_signed_issue_opening_ends_in_a_pull_request(
-    serve: Callable[..., App], github: FakeGitHub, shop: Path, caplog: pytest.LogCaptureFixture
+    serve: Callable[..., App], github: FakeGitHub, shop: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.DEBUG)
     run = TinyRun()
@@ -135,7 +138,7 @@ def test_signed_issue_opening_ends_in_a_pull_request(
     assert github.issued_tokens == 1
     token = next(t for t in github.tokens if "installation" in t)
     runs = httpx.get(f"{app.url}/runs", timeout=5).text
-    clone_config = (run.calls[0][1] / ".git" / "config").read_text()
+    clone_config = (tmp_path / "work" / "acme" / "shop" / "git" / "config").read_text()
     for text in (caplog.text, status["body"], pull["body"], runs, clone_config):
         assert token not in text
 
@@ -166,13 +169,11 @@ def test_restart_resumes_a_job_killed_mid_run_and_runs_the_queued_one(
     assert killed is not None and waiting is not None
     queue.claim("server-1")
     queue.set_run_id(killed.id, "r-20260101-abc123")
-    (tmp_path / "work" / "acme" / "shop").mkdir(parents=True)
-    git(tmp_path / "work" / "acme" / "shop", "clone", "-q", str(github.repos[SLUG].bare), "issue-7")
 
     run = TinyRun()
     app = serve(worker=make_worker(github, tmp_path, app_key, run, owner="server-1"))
     resumed, fresh = app.wait(killed), app.wait(waiting)
-    assert ("resume", tmp_path / "work" / "acme" / "shop" / "issue-7", "r-20260101-abc123") in run.calls
+    assert ("resume", tmp_path / "work" / "acme" / "shop" / "jobs" / str(killed.id), "r-20260101-abc123") in run.calls
     assert resumed.status == "failed" and resumed.attempts == 2
     assert fresh.status == "published" and fresh.pull_request_url
 

@@ -187,7 +187,7 @@ def test_an_upstream_that_never_answers_is_a_504(upstream: Upstream, tmp_path: P
 
 def test_a_stream_reaches_the_client_as_it_is_produced(
         router: RouterUnderTest, upstream: Upstream, client: httpx.Client) -> None:
-    with client.stream("GET", f"{router.url('svc')}/stream") as response:
+    with client.stream("GET", f"{router.url('svc')}/stream", timeout=WAIT) as response:
         # The headers arrive while the upstream still holds back its first chunk...
         assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
         upstream.events["stream-first"].set()

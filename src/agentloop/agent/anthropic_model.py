@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import anthropic
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -19,15 +19,6 @@ from agentloop.errors import ModelError
 logger = logging.getLogger(__name__)
 
 RetryListener = Callable[[int, str, float], None]  # attempt, reason, seconds until the next try
-
-
-class ModelClient(Protocol):
-    """Answers one Messages API request with one response object (as JSON)."""
-
-    model: str
-
-    def create(self, request: dict[str, Any]) -> dict[str, Any]:
-        ...
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from agentloop.records import EditResult, Issue, Usage
+
+
+class ModelClient(Protocol):
+    """Answers one Messages API request with one response object (as JSON): the Anthropic API, a
+    cassette being replayed, or either being recorded."""
+
+    model: str
+
+    def create(self, request: dict[str, Any]) -> dict[str, Any]:
+        ...
 
 
 class EditTask(BaseModel):

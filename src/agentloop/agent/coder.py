@@ -14,8 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agentloop.agent.anthropic_model import ModelClient
-from agentloop.agent.base import EditTask, UsageCallback
+from agentloop.agent.base import EditTask, ModelClient, UsageCallback
 from agentloop.agent.editor import Editor
 from agentloop.agent.policy import ConfinedShell
 from agentloop.agent.pricing import Pricer

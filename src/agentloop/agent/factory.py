@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agentloop.agent.anthropic_model import AnthropicModel, ModelClient
-from agentloop.agent.base import Coder
+from agentloop.agent.base import Coder, ModelClient
 from agentloop.agent.coder import AgentCoder
 from agentloop.agent.models import check_available, check_name
 from agentloop.agent.replay import REPLAY_PREFIX, RecordingModel, ReplayModel, load_cassette
@@ -68,6 +67,9 @@ def make_coder(model: str, *, config: LoopConfig, transcript_path: Path, record_
     if cassette is not None:
         client = ReplayModel(cassette)
     else:
+        # the SDK takes seconds to import: only a run that talks to the API pays for it
+        from agentloop.agent.anthropic_model import AnthropicModel
+
         client = AnthropicModel(
             model,
             retry_wait=retry_wait,

@@ -11,10 +11,12 @@ import logging
 import re
 from datetime import date, datetime
 from functools import cache
-
-import anthropic
+from typing import TYPE_CHECKING
 
 from agentloop.errors import ModelError
+
+if TYPE_CHECKING:
+    import anthropic
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # a deprecated model is named once per process, not at every check
@@ -71,6 +73,8 @@ def check_name(model: str, *, today: date | None = None) -> None:
 
 def check_available(model: str, *, client: anthropic.Anthropic | None = None) -> None:
     """Ask the Models API whether `model` exists for this key and is not retired (one GET)."""
+    import anthropic  # seconds to import: only when the API is asked
+
     client = client if client is not None else anthropic.Anthropic(max_retries=2, timeout=30.0)
     try:
         info = client.models.retrieve(model)

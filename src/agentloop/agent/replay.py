@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from agentloop.agent.anthropic_model import ModelClient
+from agentloop.agent.base import ModelClient
 from agentloop.errors import ModelError
 
 REPLAY_PREFIX = "replay:"

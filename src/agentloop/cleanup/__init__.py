@@ -4,8 +4,9 @@
   and published run -- never of a running one -- and, past the retention, the run's record. A branch
   whose pull request is open is kept (the local forge's pull request *is* the branch; a GitHub one is
   kept until the retention has passed).
-- **The App's clones** (`cleanup.clones`): `<workdir>/repos/<owner>/<name>/issue-<n>` idle for the
-  retention and with no queued or running job.
+- **The App's checkouts** (`cleanup.clones`): under `<workdir>/repos/<owner>/<name>/`, job and run
+  worktrees whose job is done, run records past the retention, and the whole repository once no job
+  of it is queued or running and it has been idle for the retention.
 - **Baseline results** (`cleanup.baseline`): `<state>/baseline-results/<commit>/` for base commits
   computed before the retention, or beyond the newest `retention.baseline_results`; never the current
   base's, never one a validation is computing.

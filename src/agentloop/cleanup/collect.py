@@ -14,6 +14,7 @@ from agentloop.cleanup.runs import collect_runs
 from agentloop.config import LoopConfig, RetentionConfig
 from agentloop.forge.queue import JobQueue
 from agentloop.sandbox.base import SandboxBackend
+from agentloop.sandbox.owned import release_orphans
 
 _WHAT_WHY = re.compile(r"(?:sandbox )?(.+?) \((.+)\)")
 
@@ -27,6 +28,8 @@ def collect(
     out = Collector(dry_run=dry_run)
     if repo is not None and config is not None:
         up = _sandboxes(backend, out, now) if backend is not None else set()
+        for kind, what, why in release_orphans(repo, dry_run=dry_run):  # what killed `loop`s left running or made
+            out.removed(kind, what, why)
         collect_runs(repo, config, out, now=now, sandboxes=up)
         collect_baseline_results(repo, config, out, now=now)
     if app_workdir is not None:

@@ -258,7 +258,7 @@ def gc(
     backend_name: BackendName = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
     app_workdir: Annotated[Path | None, typer.Option(
-        "--app-workdir", help="The GitHub App's --workdir: also remove its idle per-issue clones.")] = None,
+        "--app-workdir", help="The GitHub App's --workdir: also remove its stale worktrees and idle clones.")] = None,
     queue: Annotated[str | None, typer.Option(
         help="With --app-workdir: the App's --queue when it is not the workdir's queue.sqlite3.")] = None,
 ) -> None:

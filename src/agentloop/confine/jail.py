@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from agentloop.config import Limits, PolicyConfig
@@ -27,6 +27,7 @@ from agentloop.confine.mounts import (
 )
 from agentloop.errors import LoopError
 from agentloop.project_env import ProjectEnv
+from agentloop.sandbox.owned import tracked_group
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +271,29 @@ class Confinement:
         readable: Sequence[Path] = (),
         git: GitView | None = None,
         watch_disk: Path | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Finished:
         """Run `command` in the jail; keep `output_limit` characters of output (head and tail), stop it
-        at `timeout` seconds or when it grows `watch_disk`'s filesystem past `limits.disk_mb`."""
+        at `timeout` seconds or when it grows `watch_disk`'s filesystem past `limits.disk_mb`. Its process
+        group is recorded as the current run's while it runs (`sandbox.owned`), so a resumed run stops it
+        if this `loop` is killed; `on_start` is called once it is recorded."""
         argv = self.argv(command, cwd=cwd, writable=writable, home=home, network=network, readable=readable,
                          git=git)
         started = time.monotonic()
         process = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with tracked_group(process.pid):
+                if on_start is not None:
+                    on_start()
+                return self._wait(process, started=started, timeout=timeout, output_limit=output_limit,
+                                  watch_disk=watch_disk)
+        except BaseException:  # the record could not be written, a Ctrl-C: the command must not outlive the run
+            kill_group(process)
+            raise
+
+    def _wait(self, process: subprocess.Popen[bytes], *, started: float, timeout: float, output_limit: int,
+              watch_disk: Path | None) -> Finished:
         assert process.stdout is not None
         reader = CappedReader(process.stdout, limit_bytes=max(output_limit * 4, 64 * 1024),
                                keep_bytes=self.limits.output_mb * _MB)

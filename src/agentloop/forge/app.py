@@ -3,8 +3,10 @@
 Order of checks for POST /webhook: body size (413), signature over the raw body (401) -- nothing is
 parsed before the signature holds -- then the JSON (400: not JSON, not an object, nested too deeply),
 then the fields loop reads (422, naming the field; see `events`), and only then is the delivery
-remembered and acted on. Ignored events answer 202 with the reason, which is also logged. Every answer
-is ASCII JSON, whatever bytes the payload carried.
+remembered and acted on, in one transaction with the job it queues. Ignored events answer 202 with the
+reason, which is also logged. The handler only verifies, records and queues: runs happen in worker
+processes. Every answer is ASCII JSON, whatever bytes the payload carried; a queue that cannot be
+reached answers 503, so that the delivery can be redelivered.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agentloop.errors import ConfigError
 from agentloop.forge.events import (
     MAX_DEPTH,
     EventT,
@@ -35,8 +40,8 @@ from agentloop.forge.events import (
     parse_event,
 )
 from agentloop.forge.github import STATUS_MARKER
-from agentloop.forge.queue import JobQueue
-from agentloop.forge.worker import Worker
+from agentloop.forge.queue import JobQueue, QueueUnavailable, Work
+from agentloop.forge.writer import DeliveryWriter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ MAX_BODY = 1024 * 1024  # GitHub caps payloads at 25 MB but issue events are a f
 TRUSTED = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 COMMANDS = ("fix", "stop", "retry")
 _DELIVERY = re.compile(r"[A-Za-z0-9._:-]{1,100}")  # GitHub sends a GUID
+CRASH_POINTS = ("after-verify", "after-record", "before-commit", "after-commit")
 
 
 @dataclass(frozen=True)
@@ -80,24 +86,39 @@ class _AsciiJSON(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = None) -> Starlette:
-    """The ASGI app. With a worker, its pool runs for the app's lifetime."""
+class Runs(Protocol):
+    """Who runs the queued jobs: the `WorkerPool` of `loop serve` (processes), or a `Worker` (threads)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def notify(self) -> None: ...
+    def cancel(self, repo: str, issue: int) -> bool: ...
+
+
+def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = None) -> Starlette:
+    """The ASGI app. With a worker (pool), it runs for the app's lifetime."""
+    crash_at = _crash_point()
+
+    writer = DeliveryWriter(queue, step=crash_at)
 
     async def webhook(request: Request) -> Response:
         try:
             body = await _read_body(request, settings.max_body)
             if not verify_signature(settings.webhook_secret, body, request.headers.get("x-hub-signature-256")):
                 raise _Reject(401, "missing or wrong X-Hub-Signature-256")
+            crash_at("after-verify")
             delivery = request.headers.get("x-github-delivery") or None
             if delivery is not None and not _DELIVERY.fullmatch(delivery):
                 raise _Reject(400, "X-GitHub-Delivery is not a delivery id")
-            # The queue may be a remote PostgreSQL: keep its round trips off the event loop.
-            return await run_in_threadpool(_handle, request.headers.get("x-github-event", ""), delivery, body)
+            return await _handle(request.headers.get("x-github-event", ""), delivery, body)
         except _Reject as reject:
             log.warning("webhook rejected (%s): %s", reject.status, reject.reason)
             return _AsciiJSON({"error": reject.reason}, status_code=reject.status)
+        except QueueUnavailable as exc:
+            log.error("webhook not recorded, the queue is unavailable: %s", exc)
+            return _AsciiJSON({"error": "the job queue is unavailable; redeliver once it is back"}, status_code=503)
 
-    def _handle(event: str, delivery: str | None, body: bytes) -> Response:
+    async def _handle(event: str, delivery: str | None, body: bytes) -> Response:
         if event == "ping":
             return _AsciiJSON({"ok": True, "zen": "pong"})
         if event not in ("issues", "issue_comment"):
@@ -105,26 +126,27 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = N
             log.info("delivery %s ignored: %s", delivery, reason)
             return _AsciiJSON({"ignored": reason}, status_code=202)
         command = _command(event, _json_object(body), settings)
-        # remembered only once it could be read: a fixed redelivery of a rejected one still counts
-        if delivery and not queue.record_delivery(delivery):
+        # Remembered only once it could be read (a fixed redelivery of a rejected one still counts),
+        # and in the same transaction as what it asks for: a crash leaves both or neither.
+        work = None if isinstance(command, str) else Work(*command)
+        accepted = await writer.accept(delivery, work)
+        crash_at("after-commit")
+        if accepted.outcome == "redelivery":
             log.info("delivery %s already handled; nothing new started", delivery)
             return _AsciiJSON({"ignored": "redelivery"}, status_code=202)
-        if isinstance(command, str):
+        if isinstance(command, str) or work is None:
             log.info("delivery %s (%s) ignored: %s", delivery, event, command)
             return _AsciiJSON({"ignored": command}, status_code=202)
-        action, repo, issue, installation = command
-        if action == "stop":
-            cancelled = queue.cancel_queued(repo, issue)
-            running = worker.cancel(repo, issue) if worker else False
-            return _AsciiJSON({"stopped": bool(cancelled) or running}, status_code=202)
-        job = queue.enqueue(repo=repo, issue=issue, installation_id=installation, action=action, delivery_id=delivery)
-        if job is None:
-            log.info("%s#%s: a run is already queued or running; nothing new started", repo, issue)
+        if accepted.outcome == "stopped":
+            running = await run_in_threadpool(worker.cancel, work.repo, work.issue) if worker else False
+            return _AsciiJSON({"stopped": bool(accepted.cancelled) or running}, status_code=202)
+        if accepted.job is None:
+            log.info("%s#%s: a run is already queued or running; nothing new started", work.repo, work.issue)
             return _AsciiJSON({"ignored": "a run for this issue is already queued or running"}, status_code=202)
         if worker:
             worker.notify()
-        log.info("%s#%s: queued job %s (%s)", repo, issue, job.id, action)
-        return _AsciiJSON({"queued": job.id}, status_code=202)
+        log.info("%s#%s: queued job %s (%s)", work.repo, work.issue, accepted.job.id, work.action)
+        return _AsciiJSON({"queued": accepted.job.id}, status_code=202)
 
     async def healthz(request: Request) -> Response:
         return _AsciiJSON({"ok": True, "jobs": await run_in_threadpool(queue.counts)})
@@ -135,6 +157,7 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer.start()
         if worker:
             worker.start()
         try:
@@ -142,6 +165,7 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Worker | None = N
         finally:
             if worker:
                 worker.stop()
+            writer.stop()
 
     return Starlette(
         routes=[
@@ -166,6 +190,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _Reject(413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _crash_point() -> Callable[[str], None]:
+    """The test hook LOOP_TEST_CRASH_AT=after-verify|after-record|before-commit|after-commit: the server
+    SIGKILLs itself there, exactly as a kill from outside landing at that point would."""
+    point = os.environ.get("LOOP_TEST_CRASH_AT", "").strip()
+    if not point:
+        return _no_crash
+    if point not in CRASH_POINTS:
+        raise ConfigError(f"LOOP_TEST_CRASH_AT={point!r}: not one of {', '.join(CRASH_POINTS)}; unset it")
+
+    def crash(name: str) -> None:
+        if name == point:
+            log.warning("LOOP_TEST_CRASH_AT=%s: killing this server", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash
+
+
+def _no_crash(name: str) -> None:
+    return None
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

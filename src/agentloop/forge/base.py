@@ -1,11 +1,60 @@
-"""The forge protocol the intake and publish nodes see."""
+"""The forge protocol the intake and publish nodes see, and the marks that make its side effects
+idempotent.
+
+Every comment and pull request a run makes carries its `Step` (run and node:iteration) as a hidden HTML
+comment, so that a run killed right after posting and then resumed finds what it already made and edits
+or skips it instead of posting it again; a push is a no-op when the remote branch already has the commit.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
 from typing import Protocol
 
 from agentloop.git import Worktree
 from agentloop.records import Issue, PullRequest
+
+log = logging.getLogger(__name__)
+
+# the run ids `loop fix` accepts (runner.prepare) and node names: nothing that could close the marker
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
+# A test-only hook: the process SIGKILLs itself right after the named side effect (`comment:intake`,
+# `pull:publish`, `push`...), the moment a crash would make a resumed run repeat it.
+KILL_AFTER = "LOOP_TEST_KILL_AFTER"
+
+
+@dataclass(frozen=True)
+class Step:
+    """The run and the step (node and iteration) a side effect belongs to."""
+
+    run: str
+    node: str
+    iteration: int = 0
+
+    def __post_init__(self) -> None:
+        if not (_ID.fullmatch(self.run) and _ID.fullmatch(self.node)):
+            raise ValueError(f"run {self.run!r}, step {self.node!r}: letters, digits, '.', '_' and '-' only")
+
+    @property
+    def marker(self) -> str:
+        """What a comment or pull request body carries: invisible on GitHub, found again on resume."""
+        return f"{self.run_marker}{self.node}:{self.iteration} -->"
+
+    @property
+    def run_marker(self) -> str:
+        """The marker's prefix shared by every step of the run."""
+        return f"<!-- loop:run={self.run} step="
+
+
+def after_side_effect(what: str) -> None:
+    """Called right after a comment, a pull request or a push; see KILL_AFTER."""
+    if os.environ.get(KILL_AFTER) == what:
+        log.warning("%s=%s: killing this process now", KILL_AFTER, what)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Forge(Protocol):
@@ -16,15 +65,18 @@ class Forge(Protocol):
         ...
 
     def find_pull_request(self, branch: str) -> PullRequest | None:
-        """The PR already opened for `branch`, so that a resumed run never opens a second one."""
+        """The PR already opened for `branch` (open or not), so that a resumed run never opens a second one."""
         ...
 
     def publish(
-        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue,
+        step: Step | None = None,
     ) -> PullRequest:
-        """Push the worktree's branch (already committed) and open the pull request."""
+        """Push the worktree's branch (already committed; a no-op when the remote has it) and open the pull
+        request, or return the one already open for the branch. Its body carries `step`'s marker."""
         ...
 
-    def comment(self, issue: Issue, body: str) -> None:
-        """Post (or update in place) the run's status comment on the issue."""
+    def comment(self, issue: Issue, body: str, *, step: Step | None = None) -> None:
+        """Post the run's comment for `step` on the issue; a comment of that step already there is not posted
+        again (the local forge skips it, GitHub edits the run's status comment in place)."""
         ...

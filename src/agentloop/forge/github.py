@@ -25,6 +25,7 @@ import tenacity
 from agentloop import git as loopgit
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError, IssueNotFound, LoopError
+from agentloop.forge.base import Step, after_side_effect
 from agentloop.records import Issue, PullRequest
 from agentloop.redact import redact
 
@@ -80,6 +81,9 @@ class GitHubForge:
                      "User-Agent": "agentloop"},
         )
         self._status_comment_id: int | None = None
+        self._run_comments: dict[str, tuple[int, str]] = {}  # run -> (its status comment's id, body)
+        self._login: str | None = None
+        self._asked_login = False
 
     @classmethod
     def from_repo(cls, repo: Path, config: LoopConfig) -> GitHubForge:
@@ -123,14 +127,16 @@ class GitHubForge:
 
     def find_pull_request(self, branch: str) -> PullRequest | None:
         owner = self.repo_slug.split("/")[0]
-        params = {"head": f"{owner}:{branch}", "state": "open", "per_page": "100"}
+        # closed ones too: a resumed run whose pull request someone closed must not open a second one
+        params = {"head": f"{owner}:{branch}", "state": "all", "per_page": "100"}
         for pull in self._paginate(f"{self._repo_path}/pulls", params=params):
             if pull.get("head", {}).get("ref") == branch:
                 return _pull_record(pull)
         return None
 
     def publish(
-        self, *, worktree: loopgit.Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: loopgit.Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue,
+        step: Step | None = None,
     ) -> PullRequest:
         self.push(worktree, branch)
         existing = self.find_pull_request(branch)
@@ -141,7 +147,7 @@ class GitHubForge:
             "title": title or issue.title,
             "head": branch,
             "base": self.repository().get("default_branch", "main"),
-            "body": fit_body(body, issue.number),
+            "body": fit_body(f"{step.marker}\n{body}" if step else body, issue.number),
             "draft": draft,
         }
         response = self._request("POST", f"{self._repo_path}/pulls", json=payload, ok=(201, 422))
@@ -151,21 +157,73 @@ class GitHubForge:
             if again is not None:
                 return again
             raise GitHubError(f"{self.repo_slug}: GitHub refused the pull request: {_message(response)}")
+        after_side_effect(f"pull:{step.node}" if step else "pull")
         return _pull_record(response.json())
 
-    def comment(self, issue: Issue, body: str) -> None:
-        text = f"{STATUS_MARKER}\n{body}" if STATUS_MARKER not in body else body
-        text = redact(fit_body(text, None), extra=[self._current_token()])
-        comment_id = self._status_comment_id or self._find_status_comment(issue.number)
+    def comment(self, issue: Issue, body: str, *, step: Step | None = None) -> None:
+        """With a `step`: the run's own status comment, found again by its marker (posted by loop, never
+        someone quoting it), edited to the step's text, or left alone when that step already wrote it."""
+        if step is None:
+            self._issue_status(issue, body)
+            return
+        text = self._comment_text(f"{STATUS_MARKER}\n{step.marker}\n{body}")
+        found = self._run_comments.get(step.run) or self._find_run_comment(issue.number, step)
+        if found is not None and step.marker in found[1]:
+            log.info("%s#%s: %s already commented; not posted again", self.repo_slug, issue.number, step.marker)
+            self._run_comments[step.run] = found
+            return
+        if found is not None:
+            response = self._request("PATCH", f"{self._repo_path}/issues/comments/{found[0]}", json={"body": text},
+                                     ok=(200, 403, 404))
+            if response.status_code == 200:
+                self._run_comments[step.run] = (found[0], text)
+                after_side_effect(f"comment:{step.node}")
+                return
+            log.warning("%s#%s: cannot edit comment %s (%s); posting a new one", self.repo_slug, issue.number,
+                        found[0], response.status_code)
+        response = self._request("POST", f"{self._repo_path}/issues/{issue.number}/comments", json={"body": text})
+        data = response.json()
+        self._run_comments[step.run] = (int(data["id"]), text)
+        self._login = self._login or (data.get("user") or {}).get("login")
+        after_side_effect(f"comment:{step.node}")
+
+    def _issue_status(self, issue: Issue, body: str) -> None:
+        """A comment that belongs to no run: the issue's first status comment, edited in place."""
+        text = self._comment_text(body if STATUS_MARKER in body else f"{STATUS_MARKER}\n{body}")
+        comment_id = self._status_comment_id or next(
+            (int(c["id"]) for c in self._paginate(f"{self._repo_path}/issues/{issue.number}/comments")
+             if STATUS_MARKER in str(c.get("body") or "")), None)
         if comment_id is not None:
             response = self._request(
-                "PATCH", f"{self._repo_path}/issues/comments/{comment_id}", json={"body": text}, ok=(200, 404)
+                "PATCH", f"{self._repo_path}/issues/comments/{comment_id}", json={"body": text}, ok=(200, 403, 404)
             )
             if response.status_code == 200:
                 self._status_comment_id = comment_id
                 return
         response = self._request("POST", f"{self._repo_path}/issues/{issue.number}/comments", json={"body": text})
         self._status_comment_id = int(response.json()["id"])
+
+    def _comment_text(self, text: str) -> str:
+        return redact(fit_body(text, None), extra=[self._current_token()])
+
+    def _find_run_comment(self, number: int, step: Step) -> tuple[int, str] | None:
+        """(id, body) of the comment carrying the run's marker that loop itself posted: by the token's own
+        account when GitHub says who that is, else (an App's installation token) by a bot."""
+        login = self._own_login()
+        for comment in self._paginate(f"{self._repo_path}/issues/{number}/comments"):
+            text, user = str(comment.get("body") or ""), comment.get("user") or {}
+            mine = user.get("login") == login if login else user.get("type") == "Bot"
+            if step.run_marker in text and mine:
+                return int(comment["id"]), text
+        return None
+
+    def _own_login(self) -> str | None:
+        if self._login is None and not self._asked_login:
+            self._asked_login = True  # an installation token may not ask (403): asked once per forge
+            response = self._request("GET", "/user", ok=(200, 401, 403, 404))
+            if response.status_code == 200:
+                self._login = str(response.json().get("login") or "") or None
+        return self._login
 
     # -- helpers others use (the App's worker) -------------------------------------------------------
 
@@ -199,10 +257,23 @@ class GitHubForge:
                                                       network=True, timeout=600))
 
     def push(self, worktree: loopgit.Worktree, branch: str) -> None:
+        """Push the worktree's head to `branch`; nothing to do when the branch is already there (a
+        resumed run killed right after its push)."""
+        if self._remote_head(branch) == loopgit.head(worktree):
+            log.info("%s: %s already has this commit; not pushed again", self.repo_slug, branch)
+            return
         # The branch belongs to the run alone; a resumed run may rewrite what an earlier attempt pushed.
         self._checked("push", loopgit.push(worktree, self.clone_url(), f"HEAD:refs/heads/{branch}",
                                            env=self.git_env()))
         log.info("%s: pushed %s", self.repo_slug, branch)
+        after_side_effect("push")
+
+    def _remote_head(self, branch: str) -> str | None:
+        done = loopgit.command(["ls-remote", "--refs", "--", self.clone_url(), f"refs/heads/{branch}"],
+                               env=self.git_env(), check=False, network=True, timeout=120)
+        if done.returncode != 0:  # the push that follows reports what is wrong
+            return None
+        return done.stdout.split()[0] if done.stdout.strip() else None
 
     def _checked(self, verb: str, done: subprocess.CompletedProcess[str]) -> str:
         if done.returncode != 0:
@@ -261,12 +332,6 @@ class GitHubForge:
             yield from response.json()
             url = response.links.get("next", {}).get("url")
             query = None  # the next link carries its own query
-
-    def _find_status_comment(self, number: int) -> int | None:
-        for comment in self._paginate(f"{self._repo_path}/issues/{number}/comments"):
-            if STATUS_MARKER in str(comment.get("body") or ""):
-                return int(comment["id"])
-        return None
 
 
 def fit_body(body: str, issue_number: int | None) -> str:

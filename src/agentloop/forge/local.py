@@ -1,18 +1,24 @@
 """The local forge: issues are `.loop/issues/<n>.md` in the repository; a pull request is the run's
-branch in the repository plus a record (`<state>/pulls/<n>.json` and its body) on disk."""
+branch in the repository plus a record (`<state>/pulls/<n>.json` and its body) on disk; comments are
+appended to `<state>/comments/<n>.md`, each ending with its step's marker, so a resumed run that finds
+the marker there does not post that comment again."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from agentloop.errors import IssueNotFound
+from agentloop.forge.base import Step, after_side_effect
 from agentloop.git import Worktree, head
 from agentloop.inputs import read_text
 from agentloop.paths import state_dir
 from agentloop.records import Issue, PullRequest
+
+log = logging.getLogger(__name__)
 
 ISSUES_DIR = Path(".loop") / "issues"
 
@@ -52,35 +58,64 @@ class LocalForge:
         return None
 
     def publish(
-        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue
+        self, *, worktree: Worktree, branch: str, title: str, body: str, draft: bool, issue: Issue,
+        step: Step | None = None,
     ) -> PullRequest:
+        if step is not None:
+            body = f"{step.marker}\n{body}"
         existing = self.find_pull_request(branch)
-        number = existing.number if existing and existing.number else self._claim_number()
+        pull = PullRequest(number=existing.number if existing else None, url="", branch=branch,
+                           head_commit=head(worktree), draft=draft, title=title)
+        if existing is not None and existing.number:
+            pull = self._write(existing.number, pull, body)
+        else:
+            pull = self._claim(pull, body)
+        after_side_effect(f"pull:{step.node}" if step else "pull")
+        return pull
+
+    def _write(self, number: int, pull: PullRequest, body: str) -> PullRequest:
         body_path = self._pulls / f"{number}.md"
         _write_atomically(body_path, body)
-        pull = PullRequest(
-            number=number, url=body_path.as_uri(), branch=branch, head_commit=head(worktree), draft=draft, title=title
-        )
+        pull = pull.model_copy(update={"number": number, "url": body_path.as_uri()})
         _write_atomically(self._pulls / f"{number}.json", pull.model_dump_json(indent=2))
         return pull
 
-    def _claim_number(self) -> int:
-        """The next pull request number, claimed atomically so that parallel runs never share one."""
+    def _claim(self, pull: PullRequest, body: str) -> PullRequest:
+        """The next pull request number, claimed and written in one step (a hard link of the finished
+        record): parallel runs never share a number, and a kill leaves no empty record behind."""
         self._pulls.mkdir(parents=True, exist_ok=True)
         taken = [int(p.stem) for p in self._pulls.glob("*.json") if p.stem.isdigit()]
         number = max(taken, default=0) + 1
-        while True:
-            try:
-                os.close(os.open(self._pulls / f"{number}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return number
-            except FileExistsError:
-                number += 1
+        record, text = self._pulls / f".claim.{os.getpid()}.json.tmp", self._pulls / f".claim.{os.getpid()}.md.tmp"
+        text.write_text(body, encoding="utf-8")
+        try:
+            while True:
+                body_path = self._pulls / f"{number}.md"
+                claimed = pull.model_copy(update={"number": number, "url": body_path.as_uri()})
+                record.write_text(claimed.model_dump_json(indent=2), encoding="utf-8")
+                try:
+                    os.link(record, self._pulls / f"{number}.json")
+                except FileExistsError:
+                    number += 1
+                    continue
+                os.replace(text, body_path)
+                return claimed
+        finally:
+            record.unlink(missing_ok=True)
+            text.unlink(missing_ok=True)
 
-    def comment(self, issue: Issue, body: str) -> None:
+    def comment(self, issue: Issue, body: str, *, step: Step | None = None) -> None:
         self._comments.mkdir(parents=True, exist_ok=True)
+        path = self._comments / f"{issue.number}.md"
+        if step is not None and path.exists() and step.marker in path.read_text(encoding="utf-8"):
+            log.info("issue %s: the comment of %s is already there; not posted again", issue.number, step.marker)
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with (self._comments / f"{issue.number}.md").open("a", encoding="utf-8") as handle:
-            handle.write(f"--- {stamp}\n{body}\n")
+        # the marker comes last: written in one append, its presence means the whole comment is there
+        entry = f"--- {stamp}\n{body}\n" + (f"{step.marker}\n" if step else "")
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(entry)
+        after_side_effect(f"comment:{step.node}" if step else "comment")
 
 
 def _write_atomically(path: Path, text: str) -> None:

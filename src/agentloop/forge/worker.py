@@ -1,4 +1,5 @@
-"""The App's workers: take jobs from the queue, clone the repository, run the loop on the issue.
+"""The App's workers: take jobs from the queue, fetch the repository into its one clone, run the loop
+on the issue in a worktree of the job's own (`agentloop.forge.checkout`), removed when the job is done.
 
 The runner is reached through a seam (`run_fix`, `run_resume`) so that the worker does not depend on
 how a run is built; by default it is `agentloop.runner.fix` / `agentloop.runner.resume`, imported
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agentloop.errors import LoopError
+from agentloop.forge import checkout
+from agentloop.forge.base import Step
 from agentloop.forge.github import GitHubForge
-from agentloop.forge.names import split_slug
 from agentloop.forge.queue import Job, JobQueue, JobStatus
 from agentloop.records import Issue, PullRequest
 from agentloop.redact import redact
@@ -175,17 +176,17 @@ class Worker:
         status: JobStatus = "error"
         message, run_id, pull = "the job ended without an outcome", job.run_id, None
         try:
-            self._clone_path(job)  # a name GitHub would never issue goes no further
+            self._repo_dirs(job)  # a name GitHub would never issue goes no further
             tokens.source = self.tokens(job.installation_id)
             forge = GitHubForge(job.repo, api_url=self.api_url, token=tokens, **self.forge_options)
             status, message, run_id, pull = self._execute(job, forge, issue, cancel)
         except LoopError as exc:
             status, message = "failed", str(exc)
-            self._tell(forge, issue, f"loop stopped: {exc}")
+            self._tell(forge, job, issue, f"loop stopped: {exc}")
         except Exception as exc:
             log.exception("job %s (%s#%s) crashed", job.id, job.repo, job.issue)
             status, message = "error", f"{type(exc).__name__}: {exc}"
-            self._tell(forge, issue, "loop stopped on an internal error; the server log has the details.")
+            self._tell(forge, job, issue, "loop stopped on an internal error; the server log has the details.")
         finally:
             with self._cancels_lock:
                 self._cancels.pop(key, None)
@@ -196,6 +197,7 @@ class Worker:
             self.queue.finish(job.id, status, message=redact(message, extra=_secrets(forge, tokens)),
                               run_id=run_id, pull_request_url=pull)
             log.info("job %s (%s#%s): %s %s", job.id, job.repo, job.issue, status, pull or "")
+            self._release(job, run_id)
         finally:
             if forge is not None:
                 forge.close()
@@ -203,12 +205,13 @@ class Worker:
     def _execute(
         self, job: Job, forge: GitHubForge, issue: Issue, cancel: threading.Event
     ) -> tuple[JobStatus, str, str | None, str | None]:
-        checkout = self._checkout(job, forge, refresh=not job.run_id)
-        if not (checkout / "loop.yaml").is_file():
-            forge.comment(issue, MISSING_CONFIG)
+        dirs = self._repo_dirs(job)
+        path = checkout.job_checkout(dirs, job.id, forge, refresh=not job.run_id)
+        if not (path / "loop.yaml").is_file():
+            forge.comment(issue, MISSING_CONFIG, step=Step(f"job-{job.id}", "worker"))
             return "failed", "the repository has no loop.yaml", None, None
-        if not job.run_id:
-            forge.comment(issue, "loop is working on this issue.")
+        # no "working on it" here: the run's intake says so once the model's preflight has passed, and a run
+        # that never starts posts nothing on the issue
 
         def progress(event: dict[str, Any]) -> None:
             run_id = event.get("run_id")
@@ -218,48 +221,36 @@ class Worker:
 
         if job.run_id:
             log.info("job %s: resuming run %s", job.id, job.run_id)
-            outcome = self.run_resume(checkout, job.run_id, forge=forge, cancel=cancel, progress=progress)
+            outcome = self.run_resume(path, job.run_id, forge=forge, cancel=cancel, progress=progress,
+                                      runs_root=dirs.runs)
         else:
-            outcome = self.run_fix(
-                checkout, str(job.issue), model=self.model, forge=forge, cancel=cancel, progress=progress
-            )
+            outcome = self.run_fix(path, str(job.issue), model=self.model, forge=forge, cancel=cancel,
+                                   progress=progress, runs_root=dirs.runs)
         status: JobStatus = outcome.status if outcome.status in ("published", "failed", "error", "interrupted") \
             else "error"  # type: ignore[assignment]
         pull = outcome.pull_request.url if outcome.pull_request else None
         return status, outcome.message, outcome.run_id, pull
 
-    def _checkout(self, job: Job, forge: GitHubForge, *, refresh: bool) -> Path:
-        """One clone per issue, kept across restarts so that a resumed run finds its worktree and record.
-
-        A new run starts from the default branch as it is now; a resumed one keeps what it had."""
-        path = self._clone_path(job)
-        if (path / ".git").exists():
-            if refresh:
-                branch = str(forge.repository().get("default_branch", "main"))
-                forge.git(["fetch", "--quiet", forge.clone_url(), branch], cwd=path)
-                forge.git(["reset", "--quiet", "--hard", "FETCH_HEAD"], cwd=path)  # the server's own clone
-            return path
-        if path.exists() or path.is_symlink():
-            _remove(path, self.workdir)  # a clone that died half-way
-        path.parent.mkdir(parents=True, exist_ok=True)
-        forge.git(["clone", "--quiet", forge.clone_url(), str(path)])
-        return path
-
-    def _clone_path(self, job: Job) -> Path:
-        """`<workdir>/<owner>/<name>/issue-<n>`, refused unless the names are GitHub's and it stays inside."""
-        owner, name = split_slug(job.repo)
+    def _repo_dirs(self, job: Job) -> checkout.RepoDirs:
         if job.issue < 1:
             raise LoopError(f"job {job.id}: issue number {job.issue} is not an issue")
-        path = self.workdir / owner / name / f"issue-{job.issue}"
-        _inside(path, self.workdir)
-        return path
+        return checkout.repo_dirs(self.workdir, job.repo)
 
-    def _tell(self, forge: GitHubForge | None, issue: Issue, text: str) -> None:
-        """Best effort: the queue, not the issue, is where a job's end is recorded."""
-        if forge is None:
+    def _release(self, job: Job, run_id: str | None) -> None:
+        """The job is done: its worktrees go (best effort: `loop sandbox gc --app-workdir` finishes it)."""
+        try:
+            checkout.release(self._repo_dirs(job), job.id, run_id)
+        except Exception:  # the job's end is recorded; a leftover worktree is gc's
+            log.warning("job %s: could not remove its worktrees", job.id, exc_info=True)
+
+    def _tell(self, forge: GitHubForge | None, job: Job, issue: Issue, text: str) -> None:
+        """Best effort: the queue, not the issue, is where a job's end is recorded. Only a job whose run
+        started says it on the issue (in the run's own status comment): one that never started (a model the
+        preflight refused, a clone that failed) posts nothing there."""
+        if forge is None or not job.run_id:
             return
         try:
-            forge.comment(issue, text)
+            forge.comment(issue, text, step=Step(job.run_id, "worker"))
         except Exception as exc:  # noqa: BLE001 -- GitHub down, token refused: the job must still finish
             log.warning("could not comment on %s#%s: %s", forge.repo_slug, issue.number, type(exc).__name__)
 
@@ -289,20 +280,3 @@ def _secrets(forge: GitHubForge | None, tokens: _SeenTokens) -> list[str]:
         except Exception:  # renewing the token needs GitHub; the tokens seen are what a message could hold
             log.debug("could not renew the token to redact the job's message", exc_info=True)
     return known
-
-
-def _inside(path: Path, root: Path) -> Path:
-    """`path` resolved, or LoopError when it (or a symlink on the way) leads outside `root`."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise LoopError(f"{path}: outside the work directory {root}; refusing to touch it")
-    return resolved
-
-
-def _remove(path: Path, root: Path) -> None:
-    _inside(path.parent, root)
-    if path.is_symlink():
-        path.unlink()  # never follow a link out of the workdir
-    else:
-        _inside(path, root)
-        shutil.rmtree(path)

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from agentloop.context import RunContext
+from agentloop.forge.base import Step
 from agentloop.records import Usage
 from agentloop.state import Attempt, RunState
 
@@ -28,6 +29,12 @@ def update_attempt(state: RunState, **fields: Any) -> list[Attempt]:
     else:
         attempts.append(Attempt(**attempt))  # type: ignore[typeddict-item]
     return attempts
+
+
+def step_of(state: RunState, ctx: RunContext, node: str) -> Step:
+    """What this node's comments and pull request carry: the same on a resumed run's retry of the node,
+    so that the forge finds what the killed attempt already made."""
+    return Step(ctx.run_id, node, int(state.get("iteration") or 0))
 
 
 def usage_of(state: RunState) -> Usage:

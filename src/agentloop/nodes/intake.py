@@ -7,6 +7,7 @@ from typing import Any
 from agentloop import git, project_env
 from agentloop.confine import project_confinement
 from agentloop.context import RunContext
+from agentloop.nodes._common import step_of
 from agentloop.paths import worktrees_dir
 from agentloop.records import Issue
 from agentloop.state import RunState
@@ -30,6 +31,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         Issue.model_validate(state["issue"]),
         f"loop run `{ctx.run_id}` is working on this issue on branch `{branch}`; "
         "this comment will say how it ends.",
+        step=step_of(state, ctx, "intake"),
     )
     return {
         "base_commit": base,

@@ -14,6 +14,7 @@ from typing import Any
 from agentloop import git
 from agentloop.context import RunContext
 from agentloop.evidence import is_draft, render_report, write_evidence
+from agentloop.nodes._common import step_of
 from agentloop.records import EditResult, Issue, PullRequest
 from agentloop.redact import describe_leaks
 from agentloop.state import RunState, RunStatus
@@ -49,7 +50,8 @@ def finish_record(state: RunState, ctx: RunContext, *, refused: str | None = Non
     return write_evidence(ctx.record.dir, final, redactor=ctx.redactor)
 
 
-def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any], *, draft: bool) -> PullRequest:
+def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any], *, draft: bool,
+                      node: str = "publish") -> PullRequest:
     issue = Issue.model_validate(state["issue"])
     existing = ctx.forge.find_pull_request(state["branch"])
     if existing is not None:
@@ -58,6 +60,7 @@ def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any]
     return ctx.forge.publish(
         worktree=git.Worktree(ctx.repo, Path(state["worktree"])), branch=state["branch"],
         title=f"Fix #{issue.number}: {issue.title}", body=body, draft=draft, issue=issue,
+        step=step_of(state, ctx, node),
     )
 
 
@@ -65,7 +68,8 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     refused = secrets_added(state, ctx)
     if refused is not None:
         finish_record(state, ctx, refused=refused)
-        ctx.forge.comment(Issue.model_validate(state["issue"]), f"loop run `{ctx.run_id}` stopped: {refused}.")
+        ctx.forge.comment(Issue.model_validate(state["issue"]), f"loop run `{ctx.run_id}` stopped: {refused}.",
+                          step=step_of(state, ctx, "publish"))
         ctx.emit(kind="failed", reason=refused)
         return {"status": "failed", "error": refused}
     evidence = finish_record(state, ctx)
@@ -77,6 +81,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         if word == "passed" else
         f"loop run `{ctx.run_id}` published a change as a draft (verdict: {word}: nothing failed, but it is not "
         f"proven; see the report): {pull.url}",
+        step=step_of(state, ctx, "publish"),
     )
     ctx.emit(kind="published", url=pull.url, draft=pull.draft)
     return {"pull_request": pull.model_dump(mode="json"), "status": "published"}

@@ -8,6 +8,7 @@ from typing import Any
 
 from agentloop.context import RunContext
 from agentloop.evidence import render_report
+from agentloop.nodes._common import step_of
 from agentloop.nodes.publish import finish_record, open_pull_request, secrets_added
 from agentloop.records import Issue
 from agentloop.state import RunState
@@ -23,10 +24,11 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         reason = f"{reason}; {refused}"
     update: dict[str, Any] = {"status": "failed", "error": reason}
     if ctx.config.forge.draft_on_failure and state.get("attempts") and refused is None:
-        pull = open_pull_request(state, ctx, evidence, draft=True)
+        pull = open_pull_request(state, ctx, evidence, draft=True, node="report_failure")
         update["pull_request"] = pull.model_dump(mode="json")
     body = render_report(evidence, max_chars=20_000, redactor=ctx.redactor)
     word = verdict_word(evidence.get("verdict"))
-    ctx.forge.comment(issue, f"loop run `{ctx.run_id}` stopped (verdict: {word}): {reason}.\n\n{body}")
+    ctx.forge.comment(issue, f"loop run `{ctx.run_id}` stopped (verdict: {word}): {reason}.\n\n{body}",
+                      step=step_of(state, ctx, "report_failure"))
     ctx.emit(kind="failed", reason=reason)
     return update

@@ -20,7 +20,8 @@ class SandboxBackend(Protocol):
     name: str
 
     def baseline_up(self) -> bool:
-        """Start the baseline if it is not up. Return True when this call started it."""
+        """Start the baseline if it is not up. Return True when this call started it, or took it over from
+        an owner that was killed: the caller then stops it when done (`baseline_down`)."""
         ...
 
     def baseline_down(self) -> None:

@@ -8,10 +8,15 @@ Layout under `<state_dir>/local/`:
   sandboxes/<name>/        a sandbox's database branches (and its logs when no log_dir is given)
   requests/<key>.jsonl     the router's request log per route key (`_baseline.jsonl` without a key)
 
-Ownership: records remember the `loop` process that made them (`owner_pid`, default this process).
-`gc` removes a sandbox (or a baseline with no sandboxes left) whose owner died, e.g. a SIGKILLed
-`loop fix`. Set `owner_pid = None` for things meant to outlive the command (`loop sandbox create`);
-those live until `rm`, `baseline down` or their TTL.
+Ownership: records remember the `loop` process that made them (`owner_pid`, default this process) and
+the run it worked for (`owner_run`, see `sandbox.owned`), written before any process starts; every fork
+is recorded (under `starting` until it is healthy, then under `forks`, which the router routes to) as
+soon as it is spawned. `remove` and `baseline_down` also stop processes tagged with the sandbox's name
+(or, for the baseline, any tag of this registry) that a `loop` killed between spawn and record left.
+A baseline whose owner died is taken over by the next `baseline_up` (a resumed run), which then stops it
+when done. `gc` removes a sandbox (or a baseline with no sandboxes left) whose owner died, e.g. a
+SIGKILLed `loop fix` never resumed. Set `owner_pid = None` for things meant to outlive the command
+(`loop sandbox create`); those live until `rm`, `baseline down` or their TTL.
 
 `create` is all-or-nothing: when a fork fails, the sandbox is removed and DeployError raised.
 `update` keeps the sandbox: a fork that fails is stopped and dropped (its service falls back to the
@@ -32,18 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentloop import git, project_env
+from agentloop import git
 from agentloop.config import LoopConfig
 from agentloop.confine import project_confinement
-from agentloop.errors import DeployError, LoopError
+from agentloop.errors import LoopError
 from agentloop.records import ForkInfo, SandboxInfo
-from agentloop.sandbox import process, services
+from agentloop.sandbox import local_baseline, owned, process, services
 from agentloop.sandbox.registry import (
-    BASELINE,
     BaselineRecord,
     ProcessRecord,
     Registry,
-    RegistryData,
     SandboxRecord,
     ServiceProcess,
 )
@@ -73,11 +76,17 @@ class LocalSandboxBackend:
         with self.registry.locked():
             data = self.registry.read()
             if data.baseline is not None and data.baseline.ready and self._baseline_alive(data.baseline):
-                return False
+                if not self._orphaned(data.baseline.owner):
+                    return False
+                # its owner was killed (a resumed run finds its own): this caller stops it when done
+                log.info("taking over the baseline %s left (its process is gone)", data.baseline.owner_run or "a loop")
+                data.baseline.owner, data.baseline.owner_run = self._owner(), owned.current_run()
+                self.registry.write(data)
+                return True
             if data.baseline is not None:
                 log.warning("baseline is partly down; restarting it")
-                self._stop_everything(data)
-            self._start_baseline(data)
+                local_baseline.stop_everything(self.registry, data)
+            local_baseline.start(self, data, owner=self._owner())
             return True
 
     def baseline_down(self) -> None:
@@ -85,7 +94,7 @@ class LocalSandboxBackend:
             data = self.registry.read()
             if data.sandboxes:
                 log.warning("baseline down also removes sandboxes: %s", ", ".join(sorted(data.sandboxes)))
-            self._stop_everything(data)
+            local_baseline.stop_everything(self.registry, data)
         worktree = self._baseline_dir / "worktree"
         if worktree.exists():
             git.remove_worktree(git.open_repo(self.repo), worktree)
@@ -123,6 +132,7 @@ class LocalSandboxBackend:
                 name=name, route_key=secrets.token_hex(8), created_at=now, expires_at=now + self.config.sandbox.ttl,
                 # The creating process owns it until it is ready, so a create killed half-way is gc'd.
                 owner=process.record_of(os.getpid()), log_dir=str(log_dir or self._sandbox_dir(name) / "logs"),
+                owner_run=owned.current_run(),
             )
         try:
             self._deploy(name, forks, baseline)
@@ -138,6 +148,7 @@ class LocalSandboxBackend:
             service: source for service, source in forks.items()
             if not self._unchanged(record.forks.get(service), service, source)
         }
+        self._claim(name)
         if changed:
             self._deploy(name, changed, self._require_baseline())
         return self._mark_ready(name)
@@ -181,8 +192,9 @@ class LocalSandboxBackend:
             record = data.sandboxes.pop(name, None)
         if record is None:
             return
-        for fork in record.forks.values():
+        for fork in [*record.forks.values(), *record.starting.values()]:
             process.stop(fork)
+        local_baseline.stop_tagged(self.registry, {name})
         shutil.rmtree(self._sandbox_dir(name), ignore_errors=True)
         (self.root / "requests" / f"{record.route_key}.jsonl").unlink(missing_ok=True)
 
@@ -198,7 +210,7 @@ class LocalSandboxBackend:
         if data.baseline is not None and not data.sandboxes and self._orphaned(data.baseline.owner):
             self.baseline_down()
             removed.append("baseline (owner gone)")
-        removed += self._kill_untracked()
+        removed += local_baseline.kill_untracked(self.registry)
         return removed
 
     # ---- internals ------------------------------------------------------------------------------
@@ -226,6 +238,28 @@ class LocalSandboxBackend:
         if unknown:
             raise LoopError(f"cannot fork {', '.join(unknown)}: loop.yaml has {', '.join(self.config.services)}")
 
+    def _claim(self, name: str) -> None:
+        """This process deploys the sandbox now (a resumed run the killed one's): it owns it until ready, and
+        forks a killed deploy left starting (recorded or not yet) are stopped."""
+        with self.registry.edit() as data:
+            record = data.sandboxes.get(name)
+            if record is None:
+                return
+            leftovers, record.starting = list(record.starting.values()), {}
+            record.owner, record.owner_run = process.record_of(os.getpid()), owned.current_run() or record.owner_run
+        for fork in leftovers:
+            process.stop(fork)
+        local_baseline.stop_tagged(self.registry, {name}, keep={fork.pid for fork in record.forks.values()})
+
+    def _starting(self, name: str, service: str, fork: ServiceProcess | None) -> None:
+        """Record a fork as spawned (None: forget it); before it is healthy, so a kill leaves its record."""
+        with self.registry.edit() as data:
+            record = data.sandboxes.get(name)
+            if record is not None and fork is not None:
+                record.starting[service] = fork
+            elif record is not None:
+                record.starting.pop(service, None)
+
     def _require(self, name: str) -> SandboxRecord:
         record = self.registry.read().sandboxes.get(name)
         if record is None:
@@ -247,8 +281,7 @@ class LocalSandboxBackend:
         return fork.code_hash == process.code_hash(source.resolve(), self.config.services[service].path)
 
     def _router_urls(self, baseline: BaselineRecord | None) -> dict[str, str]:
-        ports = baseline.router_ports if baseline is not None else {}
-        return {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
+        return local_baseline.router_urls(baseline)
 
     def _deploy(self, name: str, forks: dict[str, Path], baseline: BaselineRecord) -> None:
         """Start the forks in `depends_on` waves. Each wave's healthy forks are routed before the next
@@ -263,14 +296,19 @@ class LocalSandboxBackend:
                 for service in wave:
                     launched[service], fresh[service] = self._start_fork(
                         name, service, forks[service].resolve(), record, baseline, log_dir)
+                    self._starting(name, service, fresh[service])
+                    owned.kill_point("fork")
                 healthy, failure = services.wait_all(launched, self.config.services)
             except BaseException:
-                for started in launched.values():
+                for service, started in launched.items():
                     process.stop(started.record)
+                    self._starting(name, service, None)
                 raise
             with self.registry.edit() as data:
                 current = data.sandboxes.get(name)
                 if current is not None:
+                    for service in wave:
+                        current.starting.pop(service, None)
                     superseded = [current.forks.pop(s) for s in wave if s in current.forks]
                     current.forks.update({service: fresh[service] for service in healthy})
             if current is None:
@@ -329,97 +367,3 @@ class LocalSandboxBackend:
                 for service, fork in record.forks.items()
             },
         )
-
-    def _start_baseline(self, data: RegistryData) -> None:
-        """Called under the registry lock with `data` freshly read."""
-        repo = git.open_repo(self.repo)
-        commit = git.resolve_base(repo, self.config.base_branch)
-        worktree = self._baseline_dir / "worktree"
-        if worktree.exists():
-            git.remove_worktree(repo, worktree)
-        worktree.parent.mkdir(parents=True, exist_ok=True)
-        git.add_worktree(repo, worktree, branch=None, commit=commit)
-        project_env.prepare(worktree, repo=self.repo, confinement=self.confinement, share=True)
-        sockets = {name: process.listening_socket() for name in self.config.services}
-        baseline = BaselineRecord(
-            commit=commit, worktree=str(worktree), started_at=time.time(),
-            owner=process.record_of(os.getpid()),  # the starter, until ready; see _finish_baseline
-            router_ports={name: sock.getsockname()[1] for name, sock in sockets.items()},
-        )
-        data.baseline = baseline
-        self.registry.write(data)
-        try:
-            baseline.router = process.spawn_router(
-                registry=self.registry.path, requests_dir=self.root / "requests",
-                route_header=self.config.sandbox.route_header, sockets=sockets,
-                log_path=self._baseline_dir / "logs" / "router.log",
-            )
-        finally:
-            for sock in sockets.values():
-                sock.close()
-        failure: DeployError | None = None
-        try:
-            # In `depends_on` waves, each ready before the next starts (compose's order).
-            for wave in services.waves(self.config.services, self.config.services):
-                launched = {name: self._start_baseline_service(name, worktree, baseline, data) for name in wave}
-                _, failure = services.wait_all(launched, self.config.services)
-                if failure is not None:
-                    break
-        except BaseException:
-            self._stop_everything(data)
-            raise
-        if failure is not None:
-            self._stop_everything(data)
-            raise DeployError(
-                f"baseline: {failure}", service=failure.service, exit_code=failure.process_exit_code,
-                log_tail=failure.log_tail,
-            )
-        baseline.owner = self._owner()
-        baseline.ready = True
-        self.registry.write(data)
-
-    def _start_baseline_service(self, name: str, worktree: Path, baseline: BaselineRecord,
-                                data: RegistryData) -> process.Started:
-        config = self.config.services[name]
-        db_path = None
-        if config.database is not None:
-            db_path = services.branch_database(
-                self._baseline_dir / "data" / name / Path(config.database.path).name,
-                parent=None, seed=worktree / config.database.path,
-            )
-        started, baseline.services[name] = services.start(
-            name, config, source=worktree, log_path=self._baseline_dir / "logs" / f"{name}.log",
-            db_path=db_path, router_urls=self._router_urls(baseline), tag=(str(self.registry.path), BASELINE),
-            confinement=self.confinement, home=self._baseline_dir / "home" / name,
-        )
-        self.registry.write(data)
-        return started
-
-    def _stop_everything(self, data: RegistryData) -> None:
-        """Stop the baseline and every sandbox in `data`, then record that (caller holds the lock)."""
-        for record in data.sandboxes.values():
-            for fork in record.forks.values():
-                process.stop(fork)
-        if data.baseline is not None:
-            for service in data.baseline.services.values():
-                process.stop(service)
-            process.stop(data.baseline.router)
-        data.baseline = None
-        data.sandboxes = {}
-        self.registry.write(data)
-
-    def _kill_untracked(self) -> builtins.list[str]:
-        """Stop tagged processes whose record is gone (their `loop` died between start and record)."""
-        with self.registry.locked():
-            data = self.registry.read()
-            removed = []
-            for pid, tag in process.tagged_processes(self.registry.path):
-                if tag == "__router__":
-                    keep = data.baseline is not None and data.baseline.router is not None and data.baseline.router.pid == pid
-                else:
-                    keep = data.baseline is not None if tag == BASELINE else tag in data.sandboxes
-                if not keep:
-                    process.stop(process.record_of(pid))
-                    removed.append(f"process {pid} ({tag.strip('_')}: record gone)")
-            return removed
-

@@ -119,7 +119,7 @@ def stop(record: ProcessRecord | None, *, grace: float = _STOP_GRACE) -> None:
         time.sleep(0.01)
     _signal_group(record.pid, signal.SIGKILL)
     deadline = time.monotonic() + grace
-    while (alive(record) or _group_members(record.pid)) and time.monotonic() < deadline:
+    while (alive(record) or group_members(record.pid)) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -130,7 +130,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group. Zombies are skipped: in a container the init
     process may take a while to reap them, and they hold no port or file."""
     members = []

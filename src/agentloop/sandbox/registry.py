@@ -42,6 +42,7 @@ class BaselineRecord(BaseModel):
     worktree: str
     started_at: float
     owner: ProcessRecord | None = Field(default=None, description="The `loop` process that started it.")
+    owner_run: str | None = Field(default=None, description="The run that started (or took over) it.")
     router: ProcessRecord | None = None
     router_ports: dict[str, int] = Field(default_factory=dict)
     services: dict[str, ServiceProcess] = Field(default_factory=dict)
@@ -54,8 +55,11 @@ class SandboxRecord(BaseModel):
     created_at: float
     expires_at: float
     owner: ProcessRecord | None = None
+    owner_run: str | None = None
     log_dir: str
     forks: dict[str, ServiceProcess] = Field(default_factory=dict)
+    # forks spawned and not yet healthy: recorded (so stopped with the sandbox) but not routed to
+    starting: dict[str, ServiceProcess] = Field(default_factory=dict)
     ready: bool = False
 
 

@@ -18,16 +18,16 @@ import re
 import secrets
 import shutil
 import string
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentloop import git, project_env
+from agentloop import project_env
 from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.records import Comparison, SandboxInfo, SuiteResult
+from agentloop.sandbox.owned import kill_point, scratch_worktree
 from agentloop.validation.suites import run_suite, suite_env, test_file
 
 log = logging.getLogger(__name__)
@@ -184,21 +184,18 @@ def base_worktree(repo: Path, base_commit: str, *, copy_from: Path | None = None
                   files: Sequence[str] = (), confinement: Confinement | None = None) -> Iterator[Path]:
     """A temporary detached worktree of the user's repository `repo` at `base_commit`, with `files` of
     `copy_from` (the run's worktree) copied in, or removed where the change removed them. With
-    `confinement`, the project's setup steps (its `project`) are brought in first (from the cache)."""
-    user_repo = git.open_repo(repo)  # never the run's worktree: its `.git` is the agent's to rewrite
-    root = Path(tempfile.mkdtemp(prefix="loop-baseline-"))
-    path = root / "tree"
-    try:
-        git.add_worktree(user_repo, path, branch=None, commit=base_commit)
+    `confinement`, the project's setup steps (its `project`) are brought in first (from the cache).
+    It lives under loop's state dir as the run's (`sandbox.owned`): a killed run's is removed when it is
+    resumed, or by `loop sandbox gc`."""
+    # never the run's worktree: its `.git` is the agent's to rewrite
+    with scratch_worktree(repo, base_commit, prefix="base-") as path:
+        kill_point("comparison")  # tests: a `loop` killed with the worktree made
         if confinement is not None:
             project_env.prepare(path, repo=repo, confinement=confinement, share=True)
         for name in files if copy_from is not None else ():
             assert copy_from is not None
             _copy_in(copy_from / name, path / name)
         yield path
-    finally:
-        git.remove_worktree(user_repo, path)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _copy_in(source: Path, target: Path) -> None:

@@ -25,6 +25,7 @@ from agentloop.config import PolicyConfig, SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.redact import redact
+from agentloop.sandbox.owned import kill_point
 from agentloop.validation import pytest_command
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,17 @@ def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, con
     finished = confinement.run(
         ["/bin/sh", "-c", command], cwd=cwd, writable=writable, home=home, network=True, timeout=timeout,
         env=confinement.env(env, home=home, path_first=path_first),
-        output_limit=limits.output_mb * 1024 * 1024, watch_disk=cwd,
+        output_limit=limits.output_mb * 1024 * 1024, watch_disk=cwd, on_start=_suite_started,
     )
     output = finished.output
     if finished.stopped_for and not finished.timed_out:
         output += f"\n[loop] the suite was {finished.stopped_for}"
     return _Outcome(exit_code=finished.exit_code, output=output, timed_out=finished.timed_out,
                     duration=finished.duration)
+
+
+def _suite_started() -> None:
+    kill_point("suite")  # tests: a `loop` killed while its suite runs (see sandbox.owned)
 
 
 def _read_report(path: Path, secrets: Collection[str]) -> list[TestCaseResult] | None:
