@@ -31,7 +31,7 @@ demo: $(STAMP) system-deps
 
 # Four workers: most of a test's time is spent waiting on real services and processes, not on a core.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -92,3 +92,15 @@ def _stop_everything(repo: Path) -> None:
         pass
 
 
+
+
+# End-to-end files whose tests each drive whole runs: started first, so that no worker is left alone with
+# one of them at the end of the session (order only; nothing here depends on how long anything takes).
+_LONG_FIRST = ("test_demo.py", "test_kill_points.py", "test_kill_side_effects.py", "test_serve_kill.py",
+               "test_first_contact.py", "test_batch_local.py", "test_batch_baseline.py", "test_resume.py",
+               "test_secrets.py", "test_evidence_truth.py", "test_real_shapes.py", "test_langgraph_dev.py",
+               "test_webhook_durability.py", "test_doctor.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in _LONG_FIRST)  # stable: the rest keep their order
