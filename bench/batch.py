@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentloop.demo import examples_dir, make_demo_repo
+from agentloop.cli.demo import examples_dir, make_demo_repo
 
 _GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
             "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
@@ -95,7 +95,7 @@ def measure(runs: int) -> tuple[float, int, dict[str, object]]:
     with tempfile.TemporaryDirectory(prefix="loop-bench-batch-") as tmp:
         root = Path(tmp)
         repo, cassettes = _repo(root, runs)
-        command = [sys.executable, "-m", "agentloop.cli", "batch", *map(str, range(1, runs + 1)),
+        command = [sys.executable, "-m", "agentloop.cli.main", "batch", *map(str, range(1, runs + 1)),
                    "--parallel", str(runs), "--model", f"replay:{cassettes}/{{issue}}.json", "--repo", str(repo)]
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

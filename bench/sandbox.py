@@ -24,8 +24,8 @@ import yaml
 
 from agentloop import git
 from agentloop.config import parse_config
-from agentloop.sandbox.local import LocalSandboxBackend
-from agentloop.sandbox.registry import ProcessRecord
+from agentloop.processes import ProcessRecord
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 _APP = """
 import sys

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import httpx
 
-from agentloop.forge.queue import JobQueue
+from agentloop.app.queue import JobQueue
 
 SECRET = "bench-webhook-secret"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -113,7 +113,7 @@ def _start_server(queue: str, workdir: Path) -> tuple[subprocess.Popen[bytes], s
            "GITHUB_API_URL": "http://127.0.0.1:9/api/v3"}
     env.pop("LOOP_TEST_CRASH_AT", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentloop.cli", "serve", "--port", str(port), "--queue", queue,
+        [sys.executable, "-m", "agentloop.cli.main", "serve", "--port", str(port), "--queue", queue,
          "--workdir", str(workdir), "--workers", "0"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(workdir / "serve.log").open("wb"),
     )

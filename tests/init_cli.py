@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agentloop.cli import main
+from agentloop.cli.main import main
 from agentloop.config import LoopConfig, load_config
 
 # -- the command line ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 every one ends with exit code 2 and exactly one line on stderr naming the file, the field or the value
 -- never a traceback, and never after a run has started.
 
-The corpus runs through `agentloop.cli.main` in this process (a subprocess per case would take minutes);
+The corpus runs through `agentloop.cli.main.main` in this process (a subprocess per case would take minutes);
 `test_the_installed_command_reports_bad_input_in_one_line` runs a sample through the installed `loop`
 executable to show the same holds for a real process with a narrow terminal."""
 
@@ -22,7 +22,7 @@ import pytest
 import yaml
 from looptest import MakeRepo, git, write_cassette
 
-from agentloop.cli import main
+from agentloop.cli.main import main
 
 ISSUE = {".loop/issues/1.md": "# total() subtracts\n\ntotal(2, 3) should be 5\n"}
 SERVICES = {"orders": {"path": "services/orders", "run": "python3 -m orders --port {port}"},
@@ -347,7 +347,7 @@ def test_a_good_plan_passes_the_load_time_check(cli: Cli, make_repo: MakeRepo) -
 
 def test_the_installed_command_reports_bad_input_in_one_line(make_repo: MakeRepo, tmp_path: Path) -> None:
     executable = Path(sys.executable).parent / "loop"
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "agentloop.cli"]
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "agentloop.cli.main"]
     orders = {**SERVICES["orders"], "env": {"WEB_URL": "{services.nope.url}"}}
     repo = make_repo({**ISSUE, "plans/p.yaml": "steps: [\n"},
                      {"services": {"orders": orders}, "validate": [{"plan": "plans/p.yaml"}]})

@@ -14,7 +14,7 @@ from agentloop.sandbox.factory import open_backend
 
 
 def loop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True, check=False,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=cwd, capture_output=True, text=True, check=False,
                           timeout=300, env={**os.environ, "COLUMNS": "160"})
 
 

@@ -24,7 +24,7 @@ from forge.fake_github import FakeGitHub
 from looptest import MakeRepo, git
 from typer.testing import CliRunner
 
-from agentloop.cli import app
+from agentloop.cli.main import app
 from agentloop.config import DEFAULT_MODEL, PolicyConfig, load_config
 from agentloop.confine import Confinement
 from agentloop.paths import state_dir
@@ -47,7 +47,7 @@ class Ran(NamedTuple):
 
 def _doctor(repo: Path, *args: str, env: dict[str, str] | None = None) -> Ran:
     """`loop doctor` as a user runs it: its own process."""
-    done = subprocess.run([sys.executable, "-m", "agentloop.cli", "doctor", "--repo", str(repo), *args],
+    done = subprocess.run([sys.executable, "-m", "agentloop.cli.main", "doctor", "--repo", str(repo), *args],
                           capture_output=True, text=True, timeout=240, check=False,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
     return _checked(Ran(done.returncode, done.stdout, done.stderr))

@@ -11,8 +11,8 @@ from looptest import MakeRepo
 
 from agentloop import git
 from agentloop.evidence import is_draft, render_report, write_evidence
-from agentloop.records import Comparison, Diagnosis, SuiteResult, TestCaseResult, Verdict
-from agentloop.verify import verify_run
+from agentloop.evidence.verify import verify_run
+from agentloop.results import Comparison, Diagnosis, SuiteResult, TestCaseResult, Verdict
 
 SECRET = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4"
 

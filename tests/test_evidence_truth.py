@@ -18,15 +18,15 @@ from typing import Any
 from looptest import MakeRepo, create, replace, write_cassette
 from rich.console import Console
 
+from agentloop.cli.show import render_details, run_details
 from agentloop.evidence import write_evidence
 from agentloop.evidence.check import check_report
-from agentloop.evidence.record import diff_stats
+from agentloop.evidence.manifest import diff_stats
+from agentloop.evidence.verify import verify_run
 from agentloop.forge.local import LocalForge
-from agentloop.records import Comparison, PullRequest, SuiteResult, TestCaseResult, Verdict
-from agentloop.runner import RunOutcome, fix
-from agentloop.runs import RunRecord
-from agentloop.show import render_details, run_details
-from agentloop.verify import verify_run
+from agentloop.loop.runner import RunOutcome, fix
+from agentloop.results import Comparison, PullRequest, SuiteResult, TestCaseResult, Verdict
+from agentloop.runs.folder import RunRecord
 
 FILES = {
     "calc.py": "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n",
@@ -46,7 +46,7 @@ def _run(make_repo: MakeRepo, tmp_path: Path, turns: list[list[dict[str, Any]]],
 
 
 def _loop(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=repo, capture_output=True, text=True,
                           timeout=120, check=False, env={**os.environ, "COLUMNS": "250"})
 
 

@@ -72,7 +72,7 @@ def test_total_over_http():
 
 
 def _loop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, check=False, env={**os.environ, "COLUMNS": "200"})
 
 

@@ -17,23 +17,23 @@ import pytest
 from looptest import MakeRepo, git
 
 from agentloop import git as loop_git
+from agentloop.app.queue import JobQueue
 from agentloop.cleanup import DAY
 from agentloop.cleanup.collect import collect
 from agentloop.config import load_config
 from agentloop.confine import Confinement
 from agentloop.forge.local import LocalForge
-from agentloop.forge.queue import JobQueue
-from agentloop.nodes.intake import branch_name
+from agentloop.loop.nodes.intake import branch_name
 from agentloop.paths import runs_dir, state_dir, worktrees_dir
-from agentloop.records import Issue
-from agentloop.runs import RunRecord, RunSummary
+from agentloop.results import Issue
+from agentloop.runs.folder import RunRecord, RunSummary
 from agentloop.validation.baseline_cache import CACHE_DIR, full_baselines
 
 CONFIG = {"services": {}, "retention": {"days": 14}}
 
 
 def loop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False, env={**os.environ, "COLUMNS": "250"})
 
 

@@ -235,7 +235,7 @@ def test_a_run_whose_agent_replaces_dot_git_stops_with_a_clear_error(make_repo: 
     cassette = write_cassette(tmp_path / "c.json", [[bash(plant)]])
 
     done = subprocess.run(
-        [sys.executable, "-m", "agentloop.cli", "fix", "1", "--model", f"replay:{cassette}", "--run-id", "r-planted"],
+        [sys.executable, "-m", "agentloop.cli.main", "fix", "1", "--model", f"replay:{cassette}", "--run-id", "r-planted"],
         cwd=repo, capture_output=True, text=True, timeout=300, check=False,
     )
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from looptest import MakeRepo, create, git, replace, write_cassette
 
+from agentloop.loop.runner import fix
 from agentloop.paths import runs_dir
-from agentloop.runner import fix
-from agentloop.runs import list_runs
+from agentloop.runs.folder import list_runs
 
 CALC_FILES = {
     "calc.py": "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n",

@@ -22,7 +22,7 @@ from looptest import MakeRepo, bash, create, replace
 
 from agentloop.config import DEFAULT_MODEL, PolicyConfig
 from agentloop.confine import Confinement
-from agentloop.runner import fix
+from agentloop.loop.runner import fix
 
 pytestmark = pytest.mark.skipif(not Confinement(PolicyConfig()).confined,
                                 reason="bubblewrap is not usable on this machine")

@@ -2,7 +2,7 @@
 baseline comparison; then `loop resume`. The run publishes once, and nothing of it is left -- no process,
 no listening port, no worktree -- without `loop sandbox gc`.
 
-The kill comes from inside (`LOOP_TEST_KILL_AT`, see `agentloop.sandbox.owned.kill_point`), at an exact
+The kill comes from inside (`LOOP_TEST_KILL_AT`, see `agentloop.owned.kill_point`), at an exact
 point, the way the OOM killer or a crash would stop it: no finally block runs.
 """
 
@@ -40,7 +40,7 @@ def _loop(repo: Path, *args: str, kill_at: str | None = None) -> subprocess.Comp
     env = {key: value for key, value in os.environ.items() if key != "LOOP_TEST_KILL_AT"}
     if kill_at is not None:
         env["LOOP_TEST_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=240, check=False)
 
 

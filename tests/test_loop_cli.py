@@ -16,7 +16,7 @@ CONFIG = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pyte
 
 def loop(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "agentloop.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 
@@ -114,7 +114,7 @@ def test_runs_json_names_the_branch_of_a_run_that_stopped_before_its_worktree_an
 
 @pytest.mark.parametrize("ref", ["issue-1", "#1", "1", "https://github.com/acme/shop/issues/1"])
 def test_issue_reference_forms(ref: str) -> None:
-    from agentloop.runner import parse_issue_ref
+    from agentloop.loop.runner import parse_issue_ref
 
     assert parse_issue_ref(ref) == 1
 
@@ -131,7 +131,7 @@ def test_a_repository_with_no_commits(tmp_path: Path) -> None:
 def test_resume_refuses_a_run_that_is_still_running(make_repo: MakeRepo) -> None:
     import subprocess as sp
 
-    from agentloop.runs import RunRecord, RunSummary
+    from agentloop.runs.folder import RunRecord, RunSummary
 
     repo = make_repo({}, CONFIG)
     holder = sp.Popen(["sleep", "30"])

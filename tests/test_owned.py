@@ -1,4 +1,4 @@
-"""What a run owns besides its sandbox (`agentloop.sandbox.owned`): a killed `loop`'s jailed commands and
+"""What a run owns besides its sandbox (`agentloop.owned`): a killed `loop`'s jailed commands and
 temporary worktrees are stopped and removed by its resume or by gc -- and nothing that is not its own is."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from looptest import MakeRepo, git
 
+from agentloop import owned
 from agentloop.errors import LoopError
 from agentloop.paths import state_dir
-from agentloop.sandbox import owned
-from agentloop.sandbox.process import record_of, start_time
+from agentloop.sandbox.local.process import record_of, start_time
 
 
 def _child(repo: Path, body: str) -> subprocess.CompletedProcess[str]:
@@ -137,11 +137,11 @@ def test_loop_sandbox_gc_names_what_a_killed_loop_left(make_repo: MakeRepo) -> N
     """)
     left = killed.stdout.strip()
 
-    dry = subprocess.run([sys.executable, "-m", "agentloop.cli", "sandbox", "gc", "--dry-run"], cwd=repo,
+    dry = subprocess.run([sys.executable, "-m", "agentloop.cli.main", "sandbox", "gc", "--dry-run"], cwd=repo,
                          capture_output=True, text=True, timeout=120, check=False)
     assert dry.returncode == 0, dry.stderr
     assert left in _worktrees(repo) and "would remove leftovers" in dry.stdout
-    done = subprocess.run([sys.executable, "-m", "agentloop.cli", "sandbox", "gc"], cwd=repo, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "agentloop.cli.main", "sandbox", "gc"], cwd=repo, capture_output=True,
                           text=True, timeout=120, check=False)
 
     assert done.returncode == 0, done.stderr

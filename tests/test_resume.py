@@ -17,7 +17,7 @@ from test_graph import CALC_FILES, TEST_ADD, WEB_APP, WEB_TEST
 
 def _start(repo: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "agentloop.cli", *args], cwd=repo, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "agentloop.cli.main", *args], cwd=repo, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -65,7 +65,7 @@ def _processes_in(directory: Path) -> list[int]:
 
 
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=repo, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_sigkill_in_validate_then_resume_publishes_once(make_repo: MakeRepo, tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from agent.fake_anthropic import FakeAnthropic, message, serve, text, tool_use
 from looptest import MakeRepo, create, git, replace, write_cassette
 
 from agentloop.config import DEFAULT_MODEL
+from agentloop.loop.runner import fix
 from agentloop.paths import state_dir
 from agentloop.redact import MASK, Redactor, describe_leaks
-from agentloop.runner import fix
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 

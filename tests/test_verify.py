@@ -9,7 +9,7 @@ import pytest
 from looptest import MakeRepo
 
 from agentloop import git
-from agentloop.verify import rerun
+from agentloop.evidence.verify import rerun
 
 
 def test_rerun_validates_the_head_commit_again_and_cleans_up(make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch) -> None:

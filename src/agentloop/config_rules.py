@@ -124,7 +124,7 @@ def check_plan_files(config: LoopConfig, repo: Path) -> None:
 
     A plan not written yet is reported by the run that needs it (a run may add it)."""
     from agentloop.config import PlanRef
-    from agentloop.validation.plan_file import load_plan  # validation imports config: import late
+    from agentloop.plan_file import load_plan  # plan_file imports config: import late
 
     root = repo.resolve()
     for index, ref in enumerate(config.validate_):

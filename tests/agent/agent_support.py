@@ -8,7 +8,7 @@ from typing import Any
 
 from agentloop.agent.base import Coder, EditTask
 from agentloop.config import LoopConfig
-from agentloop.records import Issue
+from agentloop.results import Issue
 
 API_KEY = "sk-ant-api03-testkey-" + "x" * 40
 

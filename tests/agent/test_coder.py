@@ -10,7 +10,7 @@ from agent_support import API_KEY, MakeCoder, edit_task, loop_config
 from fake_anthropic import FakeAnthropic, message, text, tool_use
 
 from agentloop.config import DEFAULT_MODEL
-from agentloop.records import Usage
+from agentloop.results import Usage
 
 APP = "services/orders/app.py"
 

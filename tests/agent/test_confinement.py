@@ -15,7 +15,7 @@ from fake_anthropic import FakeAnthropic, message, text, tool_use
 
 from agentloop.agent.policy import CommandPolicy, ConfinedShell, bwrap_works, simple_commands
 from agentloop.config import PolicyConfig
-from agentloop.records import Issue
+from agentloop.results import Issue
 
 
 def _editor(command: str, path: str, **more: object) -> dict[str, object]:

@@ -86,7 +86,7 @@ def test_an_unknown_claude_model_is_priced_at_its_family_rate_with_a_warning(cap
 
 
 def _loop(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False, env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 

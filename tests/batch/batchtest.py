@@ -122,12 +122,12 @@ def make_system(make_repo: MakeRepo, issues: dict[int, str], suite: str = "pytho
 
 
 def loop(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args, "--repo", str(repo)], cwd=repo,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args, "--repo", str(repo)], cwd=repo,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def start_loop(repo: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "agentloop.cli", *args, "--repo", str(repo)], cwd=repo,
+    return subprocess.Popen([sys.executable, "-m", "agentloop.cli.main", *args, "--repo", str(repo)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

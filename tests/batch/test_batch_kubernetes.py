@@ -124,7 +124,7 @@ def test_ctrl_c_deletes_the_jobs_and_their_runs_stop_cleanly(
     cassette = write_cassette(tmp_path / "1.json", [[
         create("tests/test_add.py", "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"),
         replace("calc.py", "a - b", "a + b")]])
-    from agentloop.runstore import RunStore
+    from agentloop.runs.store import RunStore
 
     store = RunStore(database_url)
     proc = start_loop(repo, "batch", "1", "--executor", "kubernetes", "--image", "loop:test", "--repository", str(repo),

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agentloop.forge.app import AppSettings, create_app, signature_for, verify_signature
-from agentloop.forge.queue import JobQueue
+from agentloop.app.queue import JobQueue
+from agentloop.app.server import AppSettings, create_app, signature_for, verify_signature
 
 from .fake_github import start_asgi, stop_asgi
 from .payloads import INSTALLATION, comment_event, encode, issues_event, ping_event

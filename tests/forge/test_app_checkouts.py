@@ -19,14 +19,14 @@ from looptest import create, git, replace, write_cassette
 from pydantic import BaseModel
 
 from agentloop.agent.models import end_of_life_dates
+from agentloop.app.auth import AppAuth
+from agentloop.app.checkout import RepoDirs, locked
+from agentloop.app.queue import Job, JobQueue
+from agentloop.app.worker import Worker
 from agentloop.cleanup import DAY
 from agentloop.cleanup.collect import collect
-from agentloop.forge.auth import AppAuth
-from agentloop.forge.checkout import RepoDirs, locked
 from agentloop.forge.github import GitHubForge
-from agentloop.forge.queue import Job, JobQueue
-from agentloop.forge.worker import Worker
-from agentloop.runs import RunSummary
+from agentloop.runs.folder import RunSummary
 
 from .conftest import SLUG
 from .fake_github import FakeGitHub
@@ -132,7 +132,7 @@ def _refused_model(kind: str) -> str:
 def test_a_job_whose_model_the_preflight_refuses_posts_nothing_on_the_issue(
     github: FakeGitHub, shop: Path, tmp_path: Path, app_key: tuple[str, str], kind: str
 ) -> None:
-    from agentloop.runner import fix, resume
+    from agentloop.loop.runner import fix, resume
 
     model = _refused_model(kind)
     worker = _worker(github, tmp_path / "serve", app_key, fix, model=model)
@@ -151,7 +151,7 @@ def test_a_job_whose_model_the_preflight_refuses_posts_nothing_on_the_issue(
 def test_a_real_run_keeps_its_record_and_leaves_no_worktree(
     github: FakeGitHub, make_repo: Any, tmp_path: Path, app_key: tuple[str, str]
 ) -> None:
-    from agentloop.runner import fix, resume
+    from agentloop.loop.runner import fix, resume
 
     files = {"calc.py": "def add(a, b):\n    return a - b\n", "tests/test_calc.py": "def test_nothing():\n    pass\n"}
     config = {"services": {}, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],

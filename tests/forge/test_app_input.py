@@ -16,11 +16,11 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from agentloop.forge.app import AppSettings, create_app, signature_for
-from agentloop.forge.auth import AppAuth
+from agentloop.app.auth import AppAuth
+from agentloop.app.queue import Job, JobQueue
+from agentloop.app.server import AppSettings, create_app, signature_for
+from agentloop.app.worker import Worker
 from agentloop.forge.github import GitHubForge
-from agentloop.forge.queue import Job, JobQueue
-from agentloop.forge.worker import Worker
 
 from .conftest import SLUG
 from .fake_github import FakeGitHub, start_asgi, stop_asgi

@@ -7,9 +7,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from agentloop.commands.serve import build_app
+from agentloop.app.auth import AppAuth, AppAuthError, load_private_key
+from agentloop.cli.serve import build_app
 from agentloop.errors import ConfigError
-from agentloop.forge.auth import AppAuth, AppAuthError, load_private_key
 
 from .fake_github import FakeGitHub
 

@@ -45,7 +45,7 @@ def _config(forge: dict[str, Any]) -> dict[str, Any]:
 def _loop(repo: Path, *args: str, kill_after: str | None, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     extra = {"LOOP_TEST_KILL_AFTER": kill_after} if kill_after else {}
     environ = {k: v for k, v in os.environ.items() if k != "LOOP_TEST_KILL_AFTER"}
-    return subprocess.run([sys.executable, "-m", "agentloop.cli", *args], cwd=repo, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agentloop.cli.main", *args], cwd=repo, capture_output=True, text=True,
                           timeout=240, check=False, env={**environ, **env, **extra})
 
 

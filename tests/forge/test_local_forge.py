@@ -8,7 +8,7 @@ from looptest import MakeRepo
 
 from agentloop.forge.local import LocalForge
 from agentloop.git import Worktree
-from agentloop.records import Issue
+from agentloop.results import Issue
 
 
 def test_pull_request_numbers_are_never_reused(make_repo: MakeRepo) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentloop.forge.queue import JobQueue
+from agentloop.app.queue import JobQueue
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -3,7 +3,7 @@ again on the same queue and work directory.
 
 Everything is real except the far ends that cannot be reached offline: GitHub is the loopback server
 of fake_github.py (REST under /api/v3 with App JWT auth, and `git http-backend` as the remote), and the
-model is a cassette replayed through LOOP_MODEL=replay:FILE. The server is `python -m agentloop.cli
+model is a cassette replayed through LOOP_MODEL=replay:FILE. The server is `python -m agentloop.cli.main
 serve` in its own session, fed signed webhooks over HTTP; the runs are the real runner, with real git
 clones and worktrees and the target's suite run by real pytest.
 """
@@ -27,7 +27,7 @@ import httpx
 import pytest
 from looptest import MakeRepo, create, git, replace, write_cassette
 
-from agentloop.forge.app import signature_for
+from agentloop.app.server import signature_for
 from agentloop.forge.github import STATUS_MARKER
 
 from .conftest import SLUG
@@ -69,7 +69,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentloop.cli", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "agentloop.cli.main", "serve", "--port", str(self.port), *args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         self._wait_healthy(log)

@@ -1,5 +1,5 @@
 """No trigger lost, none run twice, and an answer that never waits for a run -- against the real
-`loop serve` (`python -m agentloop.cli serve` in its own session), real HTTP on loopback, and the queue
+`loop serve` (`python -m agentloop.cli.main serve` in its own session), real HTTP on loopback, and the queue
 on SQLite and on the real PostgreSQL at 127.0.0.1:5432 (skipped when unreachable, as in test_queue).
 
 The server is killed with SIGKILL at each point between a delivery's receipt and its job being queued
@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
+from agentloop.app.queue import JobQueue, QueueUnavailable, Work
+from agentloop.app.server import CRASH_POINTS, AppSettings, create_app, signature_for
 from agentloop.errors import ConfigError
-from agentloop.forge.app import CRASH_POINTS, AppSettings, create_app, signature_for
-from agentloop.forge.queue import JobQueue, QueueUnavailable, Work
 
 from .conftest import SLUG
 from .fake_github import FakeGitHub, start_asgi, stop_asgi
@@ -85,7 +85,7 @@ class Serve:
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentloop.cli", "serve", "--port", self.url.rsplit(":", 1)[1], *args],
+                [sys.executable, "-m", "agentloop.cli.main", "serve", "--port", self.url.rsplit(":", 1)[1], *args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.wait_for("/healthz", lambda: httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200)

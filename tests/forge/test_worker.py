@@ -2,7 +2,7 @@
 the loopback GitHub (REST + `git http-backend`), App auth by a JWT signed with a key made at test time.
 
 Most tests inject a tiny real run function through the worker's seam (it edits, commits and publishes
-through the real GitHubForge); `test_e2e_real_runner` drives `agentloop.runner.fix` itself."""
+through the real GitHubForge); `test_e2e_real_runner` drives `agentloop.loop.runner.fix` itself."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import pytest
 from looptest import MakeRepo, git
 from pydantic import BaseModel
 
-from agentloop.forge.app import AppSettings, create_app, signature_for
-from agentloop.forge.auth import AppAuth
+from agentloop.app.auth import AppAuth
+from agentloop.app.queue import Job, JobQueue
+from agentloop.app.server import AppSettings, create_app, signature_for
+from agentloop.app.worker import Worker
 from agentloop.forge.base import Step
 from agentloop.forge.github import STATUS_MARKER, GitHubForge
-from agentloop.forge.queue import Job, JobQueue
-from agentloop.forge.worker import Worker
 from agentloop.git import Worktree
-from agentloop.records import PullRequest
+from agentloop.results import PullRequest
 
 from .conftest import SLUG
 from .fake_github import FakeGitHub, start_asgi, stop_asgi
@@ -181,7 +181,7 @@ def test_restart_resumes_a_job_killed_mid_run_and_runs_the_queued_one(
 def test_e2e_real_runner(
     serve: Callable[..., App], github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path, app_key: tuple[str, str]
 ) -> None:
-    runner = pytest.importorskip("agentloop.runner")
+    runner = pytest.importorskip("agentloop.loop.runner")
     from looptest import create, replace, write_cassette
 
     files = {"calc.py": "def add(a, b):\n    return a - b\n",

@@ -19,8 +19,8 @@ import yaml
 
 from agentloop import git
 from agentloop.config import LoopConfig, parse_config
-from agentloop.sandbox import process
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.sandbox.local import process
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 APP = '''
 import json, os, sqlite3, sys, urllib.request

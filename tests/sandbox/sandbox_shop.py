@@ -21,9 +21,10 @@ def chain(payload: dict[str, object]) -> list[str]:
 
 def gone(pid: int | None, port: int | None) -> bool:
     """No process with that pid (zombies count as gone) and nothing listening on that port."""
-    from agentloop.sandbox import process
+    from agentloop import processes
+    from agentloop.sandbox.local import process
 
-    return (pid is None or process.start_time(pid) is None) and (port is None or not process.port_in_use(port))
+    return (pid is None or processes.start_time(pid) is None) and (port is None or not process.port_in_use(port))
 
 
 def port_of(url: str) -> int:

@@ -10,8 +10,8 @@ import pytest
 from sandbox_shop import eventually, gone, port_of
 from typer.testing import CliRunner
 
-from agentloop.commands.sandbox import app
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.cli.sandbox import app
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from looptest import git as run_git
 from agentloop import git
 from agentloop.config import load_config
 from agentloop.errors import DeployError
-from agentloop.records import ForkInfo, SandboxInfo
-from agentloop.sandbox import process
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.results import ForkInfo, SandboxInfo
+from agentloop.sandbox.local import process
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 from agentloop.validation.plans import run_plan
 
 # Slow to accept connections (it loads its data first) and without any /healthz: ready = accepts TCP.

@@ -9,8 +9,8 @@ import pytest
 from agentloop.config import LoopConfig, parse_config
 from agentloop.errors import ConfigError
 from agentloop.sandbox.factory import open_backend, services_for_changes
-from agentloop.sandbox.local import LocalSandboxBackend
-from agentloop.sandbox.services import expand, waves
+from agentloop.sandbox.local.backend import LocalSandboxBackend
+from agentloop.sandbox.local.services import expand, waves
 
 
 def _config(**services: dict[str, object]) -> LoopConfig:
@@ -69,7 +69,7 @@ def test_missing_kubernetes_backend_is_a_clear_error(
 
     from agentloop.errors import NotSupportedYet
 
-    monkeypatch.setitem(sys.modules, "agentloop.sandbox.kubernetes", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "agentloop.sandbox.kubernetes.backend", None)  # as if not installed
     config = parse_config({"services": {"a": {"path": "a", "run": "x"}}, "sandbox": {"backend": "kubernetes"}}, Path("y"))
     with pytest.raises(NotSupportedYet, match="sandbox.backend.*use `backend: local`"):
         open_backend(shop, config, state_dir=tmp_path)

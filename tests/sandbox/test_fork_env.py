@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from agentloop.config import parse_config
-from agentloop.sandbox import process
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.sandbox.local import process
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 APP = '''
 import json, os, sys

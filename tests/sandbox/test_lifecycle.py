@@ -16,8 +16,8 @@ from sandbox_shop import chain, eventually, gone, port_of, version
 
 from agentloop.config import LoopConfig
 from agentloop.errors import DeployError, LoopError
-from agentloop.sandbox import process
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.sandbox.local import process
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 CRASH = ("print(NAME, \"listening on\"", "print('boom: ORDERS_SECRET_MODE is not set', flush=True); sys.exit(3)\nprint(NAME, \"listening on\"")
 SICK = ('if self.path == "/healthz":\n            return self.reply(200', 'if self.path == "/healthz":\n            return self.reply(500')
@@ -128,7 +128,7 @@ _OWNER = """
 import json, sys
 from pathlib import Path
 from agentloop.config import load_config
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 repo, state, tree = map(Path, sys.argv[1:4])
 info = LocalSandboxBackend(repo, load_config(repo), state).create("owned", {"orders": tree})
 print(json.dumps(info.model_dump(mode="json")), flush=True)

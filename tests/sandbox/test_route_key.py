@@ -22,7 +22,7 @@ import pytest
 import re2  # google-re2: the engine Envoy uses
 from multidict import CIMultiDict
 
-from agentloop.sandbox import k8s_manifests
+from agentloop.sandbox.kubernetes import manifests as k8s_manifests
 from agentloop.sandbox.route_key import header_regexes, istio_matches, route_key_of
 
 K = "3f9a0c1d2e4b5a67"

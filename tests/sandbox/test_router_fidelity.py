@@ -23,10 +23,11 @@ import httpx
 import pytest
 from fidelity_upstream import BIG, Upstream, big_body_digest, pattern
 
-from agentloop.sandbox import process
-from agentloop.sandbox.registry import (
+from agentloop import processes
+from agentloop.processes import ProcessRecord
+from agentloop.sandbox.local import process
+from agentloop.sandbox.local.registry import (
     BaselineRecord,
-    ProcessRecord,
     Registry,
     RegistryData,
     SandboxRecord,
@@ -102,7 +103,7 @@ def router(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
     started = _start_router(tmp_path_factory.mktemp("router"),
                             {"svc": upstream.url, "down": f"http://127.0.0.1:{refused}"}, {"svc": upstream.url})
     yield started
-    process.stop(started.record)
+    processes.stop(started.record)
 
 
 def _raw(port: int, request: bytes) -> bytes:
@@ -182,7 +183,7 @@ def test_an_upstream_that_never_answers_is_a_504(upstream: Upstream, tmp_path: P
         assert record["status"] == 504 and "no response headers" in str(record["error"])
     finally:
         upstream.events["no-answer"].set()
-        process.stop(slow.record)
+        processes.stop(slow.record)
 
 
 def test_a_stream_reaches_the_client_as_it_is_produced(

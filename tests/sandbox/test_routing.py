@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sandbox_shop import chain, version
 
-from agentloop.records import SandboxInfo
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.results import SandboxInfo
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 
 @pytest.fixture(scope="module")

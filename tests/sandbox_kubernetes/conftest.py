@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client as k8s
 
 from agentloop.config import LoopConfig, parse_config
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
 
 from .fake_apiserver import FakeApiServer, running
 

@@ -12,7 +12,7 @@ import pytest
 
 from agentloop.errors import DeployError
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
 
 from .fake_apiserver import FakeApiServer, ImageBehaviour
 

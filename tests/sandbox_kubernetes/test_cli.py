@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agentloop.commands.sandbox import app
+from agentloop.cli.sandbox import app
 
 from .fake_apiserver import FakeApiServer
 

@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from agentloop.config import parse_config
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
 
 KUBECONFIG = os.environ.get("LOOP_E2E_KUBECONFIG")
 pytestmark = pytest.mark.skipif(not KUBECONFIG, reason="set LOOP_E2E_KUBECONFIG to run against a real cluster")

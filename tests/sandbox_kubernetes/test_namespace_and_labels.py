@@ -15,10 +15,10 @@ from kubernetes import client as k8s
 from kubernetes import utils as k8s_utils
 from typer.testing import CliRunner
 
-from agentloop.commands.sandbox import app
+from agentloop.cli.sandbox import app
 from agentloop.config import LoopConfig
-from agentloop.sandbox.k8s_manifests import ISTIO_GROUP, ISTIO_VERSION
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.manifests import ISTIO_GROUP, ISTIO_VERSION
 
 from .conftest import BOOKINFO
 from .fake_apiserver import FakeApiServer, running

@@ -12,7 +12,7 @@ import yaml
 
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend, plan_yaml
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend, plan_yaml
 
 
 def _offline(repo: Path, tmp_path: Path, config: LoopConfig) -> KubernetesSandboxBackend:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
 
 from .fake_apiserver import FakeApiServer
 

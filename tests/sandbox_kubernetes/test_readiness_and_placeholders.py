@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agentloop.config import parse_config
-from agentloop.sandbox import k8s_manifests as mf
-from agentloop.sandbox.kubernetes import KubernetesSandboxBackend
+from agentloop.sandbox.kubernetes import manifests as mf
+from agentloop.sandbox.kubernetes.backend import KubernetesSandboxBackend
 
 
 def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from agentloop.sandbox.k8s_routing import proxy_objects
+from agentloop.sandbox.kubernetes.routing import proxy_objects
 
 KEY = "a1b2c3d4e5f60718"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentloop.records import DeployResult, SuiteResult, TestCaseResult, Verdict
+from agentloop.results import DeployResult, SuiteResult, TestCaseResult, Verdict
 from agentloop.validation.logs import diagnose, excerpt
 
 KEY = "sk-ant-" + "abcdefghijklmnop1234"

@@ -15,10 +15,10 @@ from looptest import MakeRepo
 from typer.testing import CliRunner
 
 from agentloop import git
-from agentloop.cli import app as loop_app
+from agentloop.cli.main import app as loop_app
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError
-from agentloop.records import SandboxInfo
+from agentloop.results import SandboxInfo
 from agentloop.validation import run_validation
 from agentloop.validation.plans import run_plan
 

@@ -18,11 +18,11 @@ from looptest import MakeRepo, create, git, replace, write_cassette
 
 from agentloop import git as loop_git
 from agentloop.config import LoopConfig
+from agentloop.evidence.verify import verify_run
+from agentloop.loop.runner import RunOutcome, fix
 from agentloop.paths import state_dir
-from agentloop.runner import RunOutcome, fix
 from agentloop.validation import run_validation
 from agentloop.validation.baseline_cache import CACHE_DIR
-from agentloop.verify import verify_run
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
 CALC_TESTS = ("from calc import add, sub\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"

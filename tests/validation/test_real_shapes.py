@@ -10,7 +10,7 @@ from pathlib import Path
 
 from looptest import MakeRepo, replace, write_cassette
 
-from agentloop.runner import fix
+from agentloop.loop.runner import fix
 
 SLUG = '''import re
 

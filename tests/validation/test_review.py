@@ -10,7 +10,7 @@ from looptest import MakeRepo
 
 from agentloop import git
 from agentloop.config import LoopConfig
-from agentloop.records import SuiteResult, TestCaseResult
+from agentloop.results import SuiteResult, TestCaseResult
 from agentloop.validation.review import parse_patch, review
 
 CONFIG = LoopConfig.model_validate({"services": {}, "validate": [

@@ -10,7 +10,7 @@ from looptest import MakeRepo
 
 from agentloop import git
 from agentloop.config import LoopConfig
-from agentloop.records import SandboxInfo, Verdict
+from agentloop.results import SandboxInfo, Verdict
 from agentloop.validation import run_validation
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"

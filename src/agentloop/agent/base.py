@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from agentloop.records import EditResult, Issue, Usage
+from agentloop.results import EditResult, Issue, Usage
 
 
 class ModelClient(Protocol):

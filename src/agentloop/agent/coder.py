@@ -24,8 +24,8 @@ from agentloop.agent.transcript import Transcript
 from agentloop.config import LoopConfig
 from agentloop.errors import ModelError
 from agentloop.project_env import ProjectEnv
-from agentloop.records import EditResult, Usage
 from agentloop.redact import Redactor
+from agentloop.results import EditResult, Usage
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import logging
 import re
 from typing import Any, NamedTuple
 
-from agentloop.records import Usage
+from agentloop.results import Usage
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The GitHub App's checkouts under `<workdir>/repos` (layout: `agentloop.forge.checkout`).
+"""The GitHub App's checkouts under `<workdir>/repos` (layout: `agentloop.app.checkout`).
 
 For each repository, holding its lock (a repository whose lock a job holds right now is left alone):
 
@@ -23,13 +23,13 @@ import shutil
 from pathlib import Path
 
 from agentloop import git
+from agentloop.app.checkout import LOCKS, RepoDirs, locked
+from agentloop.app.queue import JobQueue
 from agentloop.cleanup import Collector, days
 from agentloop.errors import LoopError
-from agentloop.forge.checkout import LOCKS, RepoDirs, locked
 from agentloop.forge.names import split_slug
-from agentloop.forge.queue import JobQueue
-from agentloop.nodes.intake import branch_name
-from agentloop.runs import CorruptRecord, RunSummary, process_alive, read_summary
+from agentloop.loop.nodes.intake import branch_name
+from agentloop.runs.folder import CorruptRecord, RunSummary, process_alive, read_summary
 
 _ISSUE = re.compile(r"issue-([1-9][0-9]{0,9})")
 _JOB = re.compile(r"[1-9][0-9]{0,17}")

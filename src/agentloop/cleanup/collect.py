@@ -7,14 +7,14 @@ import re
 import time
 from pathlib import Path
 
+from agentloop.app.queue import JobQueue
 from agentloop.cleanup import DAY, Collector, Item
 from agentloop.cleanup.baseline import collect_baseline_results
 from agentloop.cleanup.clones import collect_clones
 from agentloop.cleanup.runs import collect_runs
 from agentloop.config import LoopConfig, RetentionConfig
-from agentloop.forge.queue import JobQueue
+from agentloop.owned import release_orphans
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.sandbox.owned import release_orphans
 
 _WHAT_WHY = re.compile(r"(?:sandbox )?(.+?) \((.+)\)")
 

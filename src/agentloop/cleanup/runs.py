@@ -24,9 +24,9 @@ from agentloop.cleanup import DAY, Collector, days
 from agentloop.config import LoopConfig
 from agentloop.errors import RepoError
 from agentloop.forge.local import LocalForge
-from agentloop.nodes.intake import branch_name
+from agentloop.loop.nodes.intake import branch_name
 from agentloop.paths import runs_dir, worktrees_dir
-from agentloop.runs import CorruptRecord, RunSummary, process_alive, read_summary
+from agentloop.runs.folder import CorruptRecord, RunSummary, process_alive, read_summary
 
 log = logging.getLogger(__name__)
 

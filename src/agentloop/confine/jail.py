@@ -26,8 +26,8 @@ from agentloop.confine.mounts import (
     toolchain_dirs,
 )
 from agentloop.errors import LoopError
+from agentloop.owned import tracked_group
 from agentloop.project_env import ProjectEnv
-from agentloop.sandbox.owned import tracked_group
 
 log = logging.getLogger(__name__)
 

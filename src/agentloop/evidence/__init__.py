@@ -1,6 +1,6 @@
 """Evidence: the run record's `evidence.json` and the pull request body rendered from it."""
 
-from agentloop.evidence.record import (
+from agentloop.evidence.manifest import (
     EVIDENCE_FILE,
     SCHEMA_VERSION,
     artifacts,

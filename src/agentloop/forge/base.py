@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agentloop.git import Worktree
-from agentloop.records import Issue, PullRequest
+from agentloop.results import Issue, PullRequest
 
 log = logging.getLogger(__name__)
 

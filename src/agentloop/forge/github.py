@@ -26,8 +26,8 @@ from agentloop import git as loopgit
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError, IssueNotFound, LoopError
 from agentloop.forge.base import Step, after_side_effect
-from agentloop.records import Issue, PullRequest
 from agentloop.redact import redact
+from agentloop.results import Issue, PullRequest
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from agentloop.forge.base import Step, after_side_effect
 from agentloop.git import Worktree, head
 from agentloop.inputs import read_text
 from agentloop.paths import state_dir
-from agentloop.records import Issue, PullRequest
+from agentloop.results import Issue, PullRequest
 
 log = logging.getLogger(__name__)
 

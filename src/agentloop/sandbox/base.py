@@ -6,7 +6,7 @@ import builtins
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from agentloop.records import SandboxInfo
+from agentloop.results import SandboxInfo
 
 
 @runtime_checkable

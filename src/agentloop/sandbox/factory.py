@@ -10,7 +10,7 @@ from agentloop import paths
 from agentloop.config import LoopConfig
 from agentloop.errors import NotSupportedYet
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.sandbox.local import LocalSandboxBackend
+from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 
 def open_backend(repo: Path, config: LoopConfig, *, state_dir: Path | None = None) -> SandboxBackend:
@@ -21,7 +21,7 @@ def open_backend(repo: Path, config: LoopConfig, *, state_dir: Path | None = Non
     if config.sandbox.backend == "kubernetes":
         # Imported lazily: the kubernetes client is an optional extra and slow to import.
         try:
-            module = importlib.import_module("agentloop.sandbox.kubernetes")
+            module = importlib.import_module("agentloop.sandbox.kubernetes.backend")
         except ImportError as exc:
             raise NotSupportedYet(
                 f"loop.yaml: field `sandbox.backend`: the kubernetes backend is not available ({exc}); "

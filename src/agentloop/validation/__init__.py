@@ -21,7 +21,7 @@ from agentloop import git
 from agentloop.config import LoopConfig, PlanRef, SuiteConfig
 from agentloop.confine import Confinement, project_confinement
 from agentloop.errors import ConfigError
-from agentloop.records import SandboxInfo, SuiteResult, Verdict
+from agentloop.results import SandboxInfo, SuiteResult, Verdict
 from agentloop.sandbox.base import SandboxBackend
 from agentloop.validation.baseline import (
     SuiteRun,

@@ -26,8 +26,8 @@ from pathlib import Path
 from agentloop import project_env
 from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
-from agentloop.records import Comparison, SandboxInfo, SuiteResult
-from agentloop.sandbox.owned import kill_point, scratch_worktree
+from agentloop.owned import kill_point, scratch_worktree
+from agentloop.results import Comparison, SandboxInfo, SuiteResult
 from agentloop.validation.suites import run_suite, suite_env, test_file
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.paths import state_dir
 from agentloop.project_env import ProjectEnv
-from agentloop.records import BaselineSource, SandboxInfo, SuiteResult
+from agentloop.results import BaselineSource, SandboxInfo, SuiteResult
 from agentloop.validation.baseline import FLAKY, base_worktree, baseline_view
 from agentloop.validation.suites import run_suite, safe_name, suite_env
 

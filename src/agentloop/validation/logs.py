@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from agentloop.errors import LoopError
-from agentloop.records import DeployResult, Diagnosis, SandboxInfo, Verdict
 from agentloop.redact import Redactor
+from agentloop.results import DeployResult, Diagnosis, SandboxInfo, Verdict
 from agentloop.sandbox.base import SandboxBackend
 from agentloop.validation.verdict import guidance
 

@@ -23,11 +23,7 @@ import jsonschema
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from agentloop.errors import LoopError
-from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
-from agentloop.redact import MASK, is_secret_name, redact
-from agentloop.sandbox.base import SandboxBackend
-from agentloop.validation.baseline import baseline_view
-from agentloop.validation.plan_file import (
+from agentloop.plan_file import (
     Expect,
     HttpAction,
     LogsAction,
@@ -36,6 +32,10 @@ from agentloop.validation.plan_file import (
     WaitAction,
     load_plan,
 )
+from agentloop.redact import MASK, is_secret_name, redact
+from agentloop.results import SandboxInfo, SuiteResult, TestCaseResult
+from agentloop.sandbox.base import SandboxBackend
+from agentloop.validation.baseline import baseline_view
 from agentloop.validation.suites import safe_name
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 
 from agentloop import git
 from agentloop.config import LoopConfig
-from agentloop.records import SuiteResult
+from agentloop.results import SuiteResult
 from agentloop.validation.baseline import FLAKY
 from agentloop.validation.suites import test_file
 

@@ -23,9 +23,9 @@ from junitparser.junitparser import JUnitXmlError
 
 from agentloop.config import PolicyConfig, SuiteConfig
 from agentloop.confine import Confinement
-from agentloop.records import SandboxInfo, SuiteResult, TestCaseResult
+from agentloop.owned import kill_point
 from agentloop.redact import redact
-from agentloop.sandbox.owned import kill_point
+from agentloop.results import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.validation import pytest_command
 
 log = logging.getLogger(__name__)

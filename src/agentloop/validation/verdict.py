@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from agentloop.records import BaselineSource, SuiteResult, Verdict
+from agentloop.results import BaselineSource, SuiteResult, Verdict
 from agentloop.validation.baseline import Outcome
 from agentloop.verdict_words import Word, summary_line
 
