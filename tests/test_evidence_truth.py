@@ -26,7 +26,7 @@ from agentloop.evidence.verify import verify_run
 from agentloop.forge.local import LocalForge
 from agentloop.loop.runner import RunOutcome, fix
 from agentloop.results import Comparison, PullRequest, SuiteResult, TestCaseResult, Verdict
-from agentloop.runs.folder import RunRecord
+from agentloop.runs.folder import RunFolder
 
 FILES = {
     "calc.py": "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n",
@@ -146,7 +146,7 @@ def test_a_passing_but_unproven_run_is_called_unproven_never_failed(make_repo: M
     assert "(verdict: unproven)" in stop and "failed" not in stop
 
     console = Console(record=True, width=200)
-    render_details(run_details(RunRecord(outcome.run_dir.parent, outcome.run_id)), console)
+    render_details(run_details(RunFolder(outcome.run_dir.parent, outcome.run_id)), console)
     shown = console.export_text()
     assert "verdict: unproven" in shown and "verdict: failed" not in shown
     assert "· unproven: 1 suite; 1 passed" in shown

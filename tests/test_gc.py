@@ -26,7 +26,7 @@ from agentloop.forge.local import LocalForge
 from agentloop.loop.nodes.intake import branch_name
 from agentloop.paths import runs_dir, state_dir, worktrees_dir
 from agentloop.results import Issue
-from agentloop.runs.folder import RunRecord, RunSummary
+from agentloop.runs.folder import RunFolder, RunSummary
 from agentloop.validation.baseline_cache import CACHE_DIR, full_baselines
 
 CONFIG = {"services": {}, "retention": {"days": 14}}
@@ -60,7 +60,7 @@ def make_run(repo: Path, run_id: str, *, status: str, pid: int | None = None, da
     base = git(repo, "rev-parse", "main").strip()
     loop_git.add_worktree(loop_git.open_repo(repo), path, branch=branch, commit=base)
     ended = time.time() - days_ago * DAY
-    RunRecord(runs_dir(repo), run_id).save_summary(RunSummary(
+    RunFolder(runs_dir(repo), run_id).save_summary(RunSummary(
         id=run_id, issue=1, repo=str(repo), branch=branch, worktree=worktree or str(path), status=status,  # type: ignore[arg-type]
         pid=pid, started_at=ended - 60, ended_at=None if status == "running" else ended,
         pull_request=pull_request, message=message))
@@ -83,7 +83,7 @@ def test_gc_removes_what_failed_killed_and_published_runs_left_and_keeps_a_runni
     published = make_run(repo, "r-published", status="published")
     pull = LocalForge(repo).publish(worktree=loop_git.Worktree(repo, published), branch=branch_name(1, "r-published"),
                                     title="t", body="b", draft=False, issue=Issue(number=1, title="t"))
-    RunRecord(runs_dir(repo), "r-published").update_summary(pull_request=pull.url)
+    RunFolder(runs_dir(repo), "r-published").update_summary(pull_request=pull.url)
 
     result = loop("sandbox", "gc", "--repo", str(repo), cwd=repo)
     assert result.returncode == 0, result.stderr
@@ -175,16 +175,16 @@ def test_gc_never_deletes_what_a_record_points_at_outside_loops_directories(make
     make_run(repo, "r-at-repo", status="failed", days_ago=30, worktree=str(repo))
     make_run(repo, "r-at-tmp", status="failed", days_ago=30, worktree=str(outside))
     # a record that claims the user's branch
-    RunRecord(runs_dir(repo), "r-main").save_summary(RunSummary(
+    RunFolder(runs_dir(repo), "r-main").save_summary(RunSummary(
         id="r-main", issue=1, repo=str(repo), branch="main", status="failed", started_at=time.time() - 40 * DAY,
         ended_at=time.time() - 40 * DAY))
     # another repository's old run in a shared LOOP_RUNS_DIR: not this repository's gc to remove
-    RunRecord(runs_dir(repo), "r-other").save_summary(RunSummary(
+    RunFolder(runs_dir(repo), "r-other").save_summary(RunSummary(
         id="r-other", issue=1, repo=str(tmp_path / "other"), status="failed", started_at=time.time() - 40 * DAY,
         ended_at=time.time() - 40 * DAY))
     # loop's own worktree path replaced by a link into the user's repository
     (worktrees_dir(repo) / "r-link").symlink_to(repo)
-    RunRecord(runs_dir(repo), "r-link").save_summary(RunSummary(id="r-link", issue=1, repo=str(repo), status="error"))
+    RunFolder(runs_dir(repo), "r-link").save_summary(RunSummary(id="r-link", issue=1, repo=str(repo), status="error"))
 
     result = loop("sandbox", "gc", "--repo", str(repo), cwd=repo)
     assert result.returncode == 0, result.stderr
@@ -283,7 +283,7 @@ def test_the_apps_idle_clones_go_but_not_one_with_a_job_or_a_running_run(make_re
     queue = JobQueue.open(workdir / "queue.sqlite3")
     job = queue.enqueue(repo="acme/shop", issue=2, installation_id=1)
     assert job is not None
-    RunRecord(runs_dir(busy), "r-busy").save_summary(RunSummary(id="r-busy", issue=3, repo=str(busy), pid=live_pid))
+    RunFolder(runs_dir(busy), "r-busy").save_summary(RunSummary(id="r-busy", issue=3, repo=str(busy), pid=live_pid))
 
     fresh = collect(None, None, None, dry_run=False, app_workdir=workdir)
     assert not [item for item in fresh if item.action == "removed"] and idle.is_dir()  # used just now

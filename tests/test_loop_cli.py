@@ -131,12 +131,12 @@ def test_a_repository_with_no_commits(tmp_path: Path) -> None:
 def test_resume_refuses_a_run_that_is_still_running(make_repo: MakeRepo) -> None:
     import subprocess as sp
 
-    from agentloop.runs.folder import RunRecord, RunSummary
+    from agentloop.runs.folder import RunFolder, RunSummary
 
     repo = make_repo({}, CONFIG)
     holder = sp.Popen(["sleep", "30"])
     try:
-        RunRecord(repo / ".loop" / "runs", "r-busy").save_summary(
+        RunFolder(repo / ".loop" / "runs", "r-busy").save_summary(
             RunSummary(id="r-busy", issue=1, repo=str(repo), status="running", pid=holder.pid))
         assert_one_line_error(loop("resume", "r-busy", cwd=repo), "still running", str(holder.pid))
     finally:

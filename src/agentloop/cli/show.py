@@ -12,12 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from agentloop.evidence.counts import changes_per_iteration
-from agentloop.runs.folder import CorruptRecord, RunRecord
+from agentloop.runs.folder import CorruptRecord, RunFolder
 from agentloop.runs.store import database_url, postgres_checkpointer
 from agentloop.verdict_words import verdict_word
 
 
-def _state(record: RunRecord) -> dict[str, Any]:
+def _state(record: RunFolder) -> dict[str, Any]:
     url = database_url()
     if url:  # the run may have been checkpointed on another machine (a Kubernetes Job)
         with postgres_checkpointer(url) as saver:
@@ -45,7 +45,7 @@ def _suite_line(result: dict[str, Any]) -> dict[str, Any]:
             "counts": counts, "failed": failed, "error": result.get("error")}
 
 
-def run_details(record: RunRecord) -> dict[str, Any]:
+def run_details(record: RunFolder) -> dict[str, Any]:
     """Summary, then each iteration: changed files, deploy, suites and plans, diagnosis, edit usage."""
     summary = record.summary()
     state = _state(record)

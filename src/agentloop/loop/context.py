@@ -15,7 +15,7 @@ from agentloop.agent.base import Coder
 from agentloop.config import LoopConfig
 from agentloop.forge.base import Forge
 from agentloop.redact import Redactor
-from agentloop.runs.folder import RunRecord
+from agentloop.runs.folder import RunFolder
 from agentloop.sandbox.base import SandboxBackend
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -26,7 +26,7 @@ class RunContext:
     repo: Path
     run_id: str
     config: LoopConfig
-    record: RunRecord
+    record: RunFolder
     forge: Forge
     model: str
     # the run's known secrets and secret patterns, masked in all the model is sent and all that is recorded

@@ -36,7 +36,7 @@ from agentloop.paths import repo_root, runs_dir, worktrees_dir
 from agentloop.redact import Redactor
 from agentloop.results import Issue, PullRequest, Usage
 from agentloop.runs.folder import (
-    RunRecord,
+    RunFolder,
     RunStatus,
     RunSummary,
     list_runs,
@@ -147,7 +147,7 @@ def prepare(
         raise RunNotFound(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
     if ((runs_root or runs_dir(root)) / run_id / "run.json").exists():
         raise RunNotFound(f"run {run_id} already exists; `loop resume {run_id}` continues it")
-    record = RunRecord(runs_root or runs_dir(root), run_id, redactor=redactor)
+    record = RunFolder(runs_root or runs_dir(root), run_id, redactor=redactor)
     record.save_summary(
         RunSummary(
             id=run_id, issue=the_issue.number, issue_title=the_issue.title, repo=str(root), model=chosen_model,
@@ -239,7 +239,7 @@ def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue
 
 
 @contextmanager
-def _checkpointer(record: RunRecord) -> Iterator[BaseCheckpointSaver[Any]]:
+def _checkpointer(record: RunFolder) -> Iterator[BaseCheckpointSaver[Any]]:
     url = database_url()
     if url:  # shared checkpoints: a run started in a Kubernetes Job resumes anywhere
         with postgres_checkpointer(url) as saver:
@@ -373,7 +373,7 @@ def _other_runs_alive(ctx: RunContext) -> bool:
     )
 
 
-def _tracking(record: RunRecord, progress: ProgressCallback | None) -> ProgressCallback:
+def _tracking(record: RunFolder, progress: ProgressCallback | None) -> ProgressCallback:
     """Keep run.json current (iterations, cost) as events arrive, then pass them on."""
 
     def on_event(event: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Run records: `runs/<run-id>/` with `run.json`, `events.jsonl`, the transcript, per-iteration
 results and logs, the diff and the PR body. Listing and showing runs reads only these files.
 
-What `RunRecord` writes (`write_text`, events, the summary, here and in the shared database) has the
+What `RunFolder` writes (`write_text`, events, the summary, here and in the shared database) has the
 run's secrets masked by its `Redactor`."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def json_fields(spec: str) -> list[str]:
     return fields
 
 
-class RunRecord:
+class RunFolder:
     """One run's folder. Appends events; keeps run.json current."""
 
     def __init__(self, root: Path, run_id: str, store: RunStore | None = None, redactor: Redactor | None = None):
@@ -191,12 +191,12 @@ class RunRecord:
         return summary
 
 
-def open_run(root: Path, run_id: str, redactor: Redactor | None = None) -> RunRecord:
+def open_run(root: Path, run_id: str, redactor: Redactor | None = None) -> RunFolder:
     store = open_store()
     known = (root / run_id / "run.json").exists() or (store is not None and store.summary(run_id) is not None)
     if not run_id or "/" in run_id or run_id in (".", "..") or not known:
         raise RunNotFound(f"unknown run {run_id!r} in {root}; `loop runs` lists the runs")
-    return RunRecord(root, run_id, store, redactor)
+    return RunFolder(root, run_id, store, redactor)
 
 
 def read_summary(path: Path) -> RunSummary:
