@@ -151,7 +151,7 @@ def ctrl_c_when(check: Any, proc: subprocess.Popen[str]) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wait_until(check: Any, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+def wait_until(check: Any, proc: subprocess.Popen[str], timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert proc.poll() is None, proc.communicate()[0]

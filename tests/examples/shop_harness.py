@@ -116,7 +116,7 @@ def run_pytest(root: Path, target: str, **env: str) -> subprocess.CompletedProce
         env=clean_env(**env),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,  # the whole suite; a loaded CI disk makes each SQLite commit slow
         check=False,
     )
 

@@ -74,7 +74,7 @@ class Server:
         )
         self._wait_healthy(log)
 
-    def _wait_healthy(self, log: Path, timeout: float = 30) -> None:
+    def _wait_healthy(self, log: Path, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"loop serve exited:\n{log.read_text()}"
@@ -104,7 +104,7 @@ class Server:
         self._log.close()
 
 
-def _wait(what: str, check: Callable[[], Any], server: Server, log: Path, timeout: float = 60) -> Any:
+def _wait(what: str, check: Callable[[], Any], server: Server, log: Path, timeout: float = 240) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.proc.poll() is None, f"loop serve exited while waiting for {what}:\n{log.read_text()}"
@@ -178,7 +178,7 @@ def test_kill_9_mid_validate_then_restart_resumes_the_run_and_runs_the_queued_jo
         jobs = second.jobs()
         return jobs if all(job["status"] not in ("queued", "running") for job in jobs.values()) else None
 
-    jobs = _wait("both jobs to finish", finished, second, log, timeout=90)
+    jobs = _wait("both jobs to finish", finished, second, log, timeout=300)
     assert jobs[7]["status"] == "published", jobs[7]
     assert jobs[8]["status"] == "published", jobs[8]
     assert jobs[7]["run_id"] == run_id and jobs[7]["attempts"] == 2, "issue 7's run was resumed, not restarted"

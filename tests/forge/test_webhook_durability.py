@@ -90,7 +90,7 @@ class Serve:
             )
         self.wait_for("/healthz", lambda: httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200)
 
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 240) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"loop serve exited waiting for {what}:\n{self.log.read_text()}"

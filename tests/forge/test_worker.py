@@ -85,7 +85,7 @@ class App:
         assert job is not None
         return job
 
-    def wait(self, job: Job, timeout: float = 60.0) -> Job:
+    def wait(self, job: Job, timeout: float = 240.0) -> Job:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             current = self.queue.get(job.id)

@@ -67,7 +67,7 @@ class _RouterProcess:
             self._queue.put(line)
         self._queue.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
         """Read the router's stderr until a line matches (bounded), returning the match."""
         for line in self.lines:
             if found := re.search(pattern, line):
@@ -151,7 +151,7 @@ def test_a_bad_environment_is_one_clear_error() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOP_")}
     env.update({"PORT": "0", "LOOP_ROUTER_DEFAULT": "http://127.0.0.1:1", "LOOP_ROUTER_ROUTES": "{not json"})
     done = subprocess.run([sys.executable, "-m", "agentloop.sandbox.router"], check=False, env=env,
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "LOOP_ROUTER_ROUTES is not JSON" in done.stderr and "Traceback" not in done.stderr
 
