@@ -17,7 +17,7 @@ from looptest import MakeRepo, git
 from agentloop import owned
 from agentloop.errors import LoopError
 from agentloop.paths import state_dir
-from agentloop.sandbox.local.process import record_of, start_time
+from agentloop.processes import record_of, start_time
 
 
 def _child(repo: Path, body: str) -> subprocess.CompletedProcess[str]:
