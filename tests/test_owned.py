@@ -22,7 +22,7 @@ from agentloop.processes import record_of, start_time
 
 def _child(repo: Path, body: str) -> subprocess.CompletedProcess[str]:
     """A Python process that does `body` with `repo` and `owned` in scope, and is expected to kill itself."""
-    script = "import os, signal\nfrom pathlib import Path\nfrom agentloop.sandbox import owned\n" \
+    script = "import os, signal\nfrom pathlib import Path\nfrom agentloop import owned\n" \
              f"repo = Path({str(repo)!r})\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
 
