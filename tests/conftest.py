@@ -63,6 +63,9 @@ def make_repo(tmp_path: Path) -> Iterator[MakeRepo]:
             path.write_text(text, encoding="utf-8")
         if config is not None:
             config = {"path": [PROJECT_PYTHON_BIN], **config}
+            # The test repositories' suites need bare pytest: this venv's plugins (langsmith, anyio, xdist...)
+            # would cost 1.5 s of CPU per pytest start, hundreds of times in a session.
+            config["env"] = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(config.get("env") or {})}
             (repo / "loop.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         git(repo, "init", "-q", "-b", "main")
         git(repo, "add", "-A")
@@ -97,7 +100,7 @@ def _stop_everything(repo: Path) -> None:
 # End-to-end files whose tests each drive whole runs: started first, so that no worker is left alone with
 # one of them at the end of the session (order only; nothing here depends on how long anything takes).
 _LONG_FIRST = ("test_demo.py", "test_kill_points.py", "test_kill_side_effects.py", "test_serve_kill.py",
-               "test_first_contact.py", "test_batch_local.py", "test_batch_baseline.py", "test_resume.py",
+               "test_first_contact.py", "test_batch_local.py", "test_batch_base_results.py", "test_resume.py",
                "test_secrets.py", "test_evidence_truth.py", "test_real_shapes.py", "test_langgraph_dev.py",
                "test_webhook_durability.py", "test_doctor.py")
 

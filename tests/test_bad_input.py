@@ -290,6 +290,14 @@ def test_route_header_that_is_not_a_header_name(cli: Cli, make_repo: MakeRepo, h
     assert_bad_input(cli("fix", "1", cwd=repo), "loop.yaml", "`sandbox.route_header`", needle)
 
 
+@pytest.mark.parametrize("command", [["fix", "1"], ["sandbox", "gc"]])
+def test_a_renamed_retention_key_names_its_new_name(cli: Cli, make_repo: MakeRepo, command: list[str]) -> None:
+    repo = make_repo(ISSUE, config(retention={"days": 14, "baseline_results": 5}))
+    assert_bad_input(cli(*command, cwd=repo), "loop.yaml", "`retention`", "`retention.baseline_results` is now "
+                     "`retention.base_results`", "rename the key")
+    assert no_run_started(repo)
+
+
 @pytest.mark.parametrize(("text", "state"), [("services:\n", "is empty"), ("validate: []\n", "is missing")])
 def test_services_missing_or_null_says_how_to_write_none(cli: Cli, make_repo: MakeRepo, text: str, state: str) -> None:
     repo = make_repo({**ISSUE, "loop.yaml": text})

@@ -86,7 +86,7 @@ def test_the_report_leads_with_the_verdict_and_carries_what_a_reviewer_needs(mak
     assert report.startswith("## ✅ Validated after 2 iterations")
     assert "route key `k-777`" in report and "http://127.0.0.1:1/__loop/preview?key=k-777" in report
     assert "| ✅ | suite `unit` | 1 | 0 |" in report
-    assert "Fixed by this change (fail on the baseline, pass in the sandbox):** `unit: tests/test_add.py::test_add`" in report
+    assert "Fixed by this change (fail in the base run, pass in the sandbox):** `unit: tests/test_add.py::test_add`" in report
     assert "### Earlier iterations" in report and "Fixed in iteration 2 by changing `calc.py`: add adds" in report
     assert "<details><summary>iteration 1: orders</summary>" in report
     assert "loop verify r-1 --rerun" in report and report.rstrip().endswith("Fixes #1")

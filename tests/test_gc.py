@@ -1,6 +1,6 @@
 """`loop sandbox gc` on what runs leave behind: real repositories, worktrees and branches made by loop's own
-git helpers, run records written through the record API, the App's clones made by `git clone`, baseline
-results computed by the real baseline cache. Only the age of things is moved, through gc's `now`."""
+git helpers, run records written through the record API, the App's clones made by `git clone`, base
+results computed by the real base results cache. Only the age of things is moved, through gc's `now`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from agentloop.loop.nodes.intake import branch_name
 from agentloop.paths import runs_dir, state_dir, worktrees_dir
 from agentloop.results import Issue
 from agentloop.runs.folder import RunFolder, RunSummary
-from agentloop.validation.baseline_cache import CACHE_DIR, full_baselines
+from agentloop.validation.base_results import CACHE_DIR, OLD_CACHE_DIR, full_base_runs
 
 CONFIG = {"services": {}, "retention": {"days": 14}}
 
@@ -238,15 +238,15 @@ def _commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD").strip()
 
 
-def test_baseline_results_are_pruned_by_age_and_count_never_the_current_base_or_a_busy_one(
+def test_base_results_are_pruned_by_age_and_count_never_the_current_base_or_a_busy_one(
         make_repo: MakeRepo, tmp_path: Path) -> None:
     config = {**CONFIG, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}],
-              "retention": {"days": 14, "baseline_results": 2}}
+              "retention": {"days": 14, "base_results": 2}}
     repo = make_repo({"tests/test_n.py": "def test_n():\n    pass\n"}, config)
     loaded = load_config(repo)
     commits = [git(repo, "rev-parse", "HEAD").strip(), _commit(repo, "two"), _commit(repo, "three")]
     for commit in commits:
-        full = full_baselines(loaded.suites, repo=repo, base_commit=commit, sandbox=None,
+        full = full_base_runs(loaded.suites, repo=repo, base_commit=commit, sandbox=None,
                               confinement=Confinement(loaded.policy), out_dir=tmp_path / "out" / commit)
         assert full["unit"].source.error is None, full["unit"].result.output_tail
     cache = state_dir(repo) / CACHE_DIR
@@ -256,7 +256,7 @@ def test_baseline_results_are_pruned_by_age_and_count_never_the_current_base_or_
     # the current base and the newest other one stay; the oldest is beyond the count
     assert sorted(p.name for p in cache.iterdir()) == sorted([current.name, second.name])
     assert [(item.what, item.why) for item in items if item.action == "removed"] == [
-        (str(first), f"base commit {first.name[:12]} is beyond the newest 2 kept by retention.baseline_results")]
+        (str(first), f"base commit {first.name[:12]} is beyond the newest 2 kept by retention.base_results")]
 
     lock = next(second.glob("*.lock"))
     with open(lock, "a+b") as held:  # a validation computing that entry right now
@@ -266,6 +266,37 @@ def test_baseline_results_are_pruned_by_age_and_count_never_the_current_base_or_
         "a validation is computing it now"]
     collect(repo, loaded, None, dry_run=False, now=time.time() + 20 * DAY)
     assert [p.name for p in cache.iterdir()] == [current.name]
+
+
+def test_the_cache_older_versions_kept_as_baseline_results_is_removed_whole(make_repo: MakeRepo, tmp_path: Path) -> None:
+    config = {**CONFIG, "validate": [{"suite": "unit", "run": "python3 -m pytest -q tests"}]}
+    repo = make_repo({"tests/test_n.py": "def test_n():\n    pass\n"}, config)
+    loaded = load_config(repo)
+    commits = [git(repo, "rev-parse", "HEAD").strip(), _commit(repo, "two")]
+    for commit in commits:
+        full_base_runs(loaded.suites, repo=repo, base_commit=commit, sandbox=None,
+                       confinement=Confinement(loaded.policy), out_dir=tmp_path / "out" / commit)
+    # the same layout under the name older versions gave it: an old base's entry and the current base's
+    old, cache = state_dir(repo) / OLD_CACHE_DIR, state_dir(repo) / CACHE_DIR
+    old.mkdir()
+    first, current = (cache / commit for commit in commits)
+    os.rename(first, old / first.name)
+    os.rename(current, old / current.name)
+    full_base_runs(loaded.suites, repo=repo, base_commit=commits[1], sandbox=None,
+                   confinement=Confinement(loaded.policy), out_dir=tmp_path / "out" / "again")
+
+    with open(next((old / current.name).glob("*.lock")), "a+b") as held:  # an older loop computing it now
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        items = collect(repo, loaded, None, dry_run=False)
+    removed = [(item.kind, item.what, item.why) for item in items if item.action == "removed"]
+    why = f"base commit {first.name[:12]} in baseline-results/, the cache of an older version of loop (now base-results/)"
+    assert removed == [("base-results", str(old / first.name), why)]
+    assert [item.why for item in items if item.what == str(old / current.name)] == ["a validation is computing it now"]
+    assert [p.name for p in cache.iterdir()] == [current.name]  # the new cache's entry of the current base stays
+
+    result = loop("sandbox", "gc", "--repo", str(repo), cwd=repo)
+    assert f"removed base-results {old / current.name} (base commit {current.name[:12]} in baseline-results/" in result.stdout
+    assert not old.exists() and [p.name for p in cache.iterdir()] == [current.name]
 
 
 def _clone(source: Path, workdir: Path, issue: int) -> Path:

@@ -259,7 +259,7 @@ def test_a_run_whose_agent_replaces_dot_git_stops_with_a_clear_error(make_repo: 
 
 
 def test_a_scratch_worktree_whose_dot_git_was_replaced_is_still_removed(make_repo: MakeRepo, tmp_path: Path) -> None:
-    """The baseline comparison runs the agent's tests in a scratch worktree; whatever they did to its
+    """The base run runs the agent's tests in a scratch worktree; whatever they did to its
     `.git`, loop's cleanup removes it (git itself refuses such a worktree)."""
     repo = make_repo(CALC_FILES)
     user_repo = loopgit.open_repo(repo)

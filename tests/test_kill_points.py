@@ -1,5 +1,5 @@
 """SIGKILL a real `loop fix` at each node start, while a fork starts, while a suite runs and during the
-baseline comparison; then `loop resume`. The run publishes once, and nothing of it is left -- no process,
+base run's comparison; then `loop resume`. The run publishes once, and nothing of it is left -- no process,
 no listening port, no worktree -- without `loop sandbox gc`.
 
 The kill comes from inside (`LOOP_TEST_KILL_AT`, see `agentloop.owned.kill_point`), at an exact

@@ -19,7 +19,7 @@ from agentloop.agent.policy import ConfinedShell
 from agentloop.config import load_config
 from agentloop.confine import project_confinement
 from agentloop.project_env import SetupFailed
-from agentloop.validation.baseline_cache import config_hash
+from agentloop.validation.base_results import config_hash
 from agentloop.validation.suites import run_suite, suite_env
 
 # The project's virtualenv: made without pip (fast, offline), its one dependency `greet` copied in, and
@@ -179,7 +179,7 @@ def test_setup_step_that_does_not_create_what_it_declares(make_repo: MakeRepo, o
         project_env.prepare(tree, repo=repo, confinement=project_confinement(load_config(repo)), share=True)
 
 
-def test_baseline_results_are_keyed_by_the_project_environment(make_repo: MakeRepo) -> None:
+def test_base_results_are_keyed_by_the_project_environment(make_repo: MakeRepo) -> None:
     repo = _project(make_repo)
     config = load_config(repo)
     before = config_hash(config.suites[0], project_env.ProjectEnv.of(config))

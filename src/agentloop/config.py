@@ -181,9 +181,17 @@ class RetentionConfig(_Strict):
     """What `loop sandbox gc` keeps: records, worktrees and branches of finished runs for `days`."""
 
     days: float = Field(default=14.0, gt=0, description="Run records, worktrees, branches (a pull request's "
-                        "too), the App's idle clones and baseline results older than this are removed by gc.")
-    baseline_results: int = Field(default=20, ge=1, description="Base commits whose cached baseline results "
-                                  "gc keeps (the newest; the current base's are always kept).")
+                        "too), the App's idle clones and base results older than this are removed by gc.")
+    base_results: int = Field(default=20, ge=1, description="Base commits whose base results (their cached "
+                              "base runs) gc keeps (the newest; the current base's are always kept).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "baseline_results" in data:
+            raise ValueError("`retention.baseline_results` is now `retention.base_results` (the base commits "
+                             "whose cached base runs gc keeps); rename the key")
+        return data
 
 
 class LoopConfig(_Strict):

@@ -39,10 +39,6 @@ class DeployError(LoopError):
         self.log_tail = log_tail
 
 
-class BudgetExceeded(LoopError):
-    """The run's budget (dollars, tokens, minutes, turns) is spent."""
-
-
 class ModelError(LoopError):
     """The model could not be reached or answered unusably after retries."""
 

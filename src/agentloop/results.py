@@ -1,14 +1,15 @@
 """Pydantic records passed between nodes and backends, and stored in checkpoints and run records.
 
-Graph state holds these as plain dicts (``model_dump(mode="json")``) so that every checkpointer can
-serialise them; nodes rebuild the models with ``Model.model_validate``.
+The graph state (`agentloop.loop.state`) holds these models themselves; why that round-trips through
+every checkpointer is told there. They hold JSON values only (no paths, no datetimes), so that
+``Model(**model.model_dump())``, what a checkpoint restores, is the model again.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 
 class Issue(BaseModel):
@@ -108,20 +109,20 @@ class SuiteResult(BaseModel):
 
 
 class Comparison(BaseModel):
-    """Sandbox failures set against the same tests on the baseline."""
+    """Sandbox failures set against the same tests in the base run (at the base commit)."""
 
     regressions: list[str] = Field(default_factory=list)
     preexisting: list[str] = Field(default_factory=list)
-    fixed: list[str] = Field(default_factory=list, description="Fail on the baseline, pass in the sandbox: "
+    fixed: list[str] = Field(default_factory=list, description="Fail in the base run, pass in the sandbox: "
                              "fixed by this change (the change's own new tests and the repository's red tests).")
     flaky: list[str] = Field(default_factory=list)
-    not_reproducing: list[str] = Field(default_factory=list, description="The change's own tests that pass on "
-                                       "the baseline too: they do not reproduce the issue.")
+    not_reproducing: list[str] = Field(default_factory=list, description="The change's own tests that pass in "
+                                       "the base run too: they do not reproduce the issue.")
 
 
-class BaselineSource(BaseModel):
-    """Where one suite's baseline results came from: a full run at the base commit, shared by every run and
-    iteration on that commit through the cache under the state dir."""
+class BaseRunSource(BaseModel):
+    """Where one suite's base results came from: its base run, in full at the base commit, shared by every
+    run and iteration on that commit through the cache under the state dir."""
 
     suite: str
     commit: str
@@ -140,8 +141,10 @@ class Verdict(BaseModel):
     comparison: Comparison = Field(default_factory=Comparison)
     unproven: list[str] = Field(default_factory=list, description="Why a PR must be a draft.")
     needs_review: list[str] = Field(default_factory=list, description="Changes to test infrastructure or to "
-                                    "tests that passed on the baseline: the change cannot be proven by loop.")
-    baseline: list[BaselineSource] = Field(default_factory=list)
+                                    "tests that passed in the base run: the change cannot be proven by loop.")
+    # `baseline` in verdicts checkpointed by older versions of loop
+    base_runs: list[BaseRunSource] = Field(default_factory=list,
+                                           validation_alias=AliasChoices("base_runs", "baseline"))
     outcome: Literal["passed", "unproven", "failed"] | None = Field(
         default=None, description="The verdict's word (agentloop.verdict_words); None in older records.")
 
@@ -160,6 +163,15 @@ class DeployResult(BaseModel):
     service: str | None = None
     exit_code: int | None = None
     log_tail: str = ""
+
+
+class ConfinementInfo(BaseModel):
+    """How agent-written code was confined in a run (`Confinement.describe()`), as its evidence records it."""
+
+    confined: bool
+    jail_uid: int | None = None
+    network_for_commands: bool = False
+    limits: dict[str, int] = Field(default_factory=dict, description="policy.limits, by field.")
 
 
 class PullRequest(BaseModel):

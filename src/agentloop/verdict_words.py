@@ -3,7 +3,7 @@ body's headline, `loop show`, the issue comment) and what `loop verify` checks t
 
 - **failed**: something failed or regressed (a test, a suite that did not run to a result, a deploy);
 - **unproven**: nothing failed, but no test shows the fix (or a suite was skipped, a test was flaky);
-- **passed**: nothing failed and a test or plan step fails on the baseline and passes in the sandbox.
+- **passed**: nothing failed and a test or plan step fails in the base run and passes in the sandbox.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ import pytest
 @pytest.fixture(autouse=True)
 def _together():
     key = os.environ.get("LOOP_ROUTE_KEY")
-    if key and {runs}:  # the baseline side arrives with a key of its own and does not wait long
+    if key and {runs}:  # the base run arrives with a key of its own and does not wait long
         barrier = {barrier.url if barrier else ""!r}
         urllib.request.urlopen(urllib.request.Request(barrier + "/arrive/" + key, method="POST")).read()
         deadline = time.monotonic() + 30

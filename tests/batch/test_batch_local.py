@@ -79,7 +79,7 @@ def test_three_issues_in_parallel_publish_three_pull_requests_on_one_baseline(ma
     forks = [json.loads((repo / ".loop" / "runs" / by_issue[n] / "evidence.json").read_text())["sandbox"] for n in "12"]
     assert forks[0]["route_key"] != forks[1]["route_key"]
     assert forks[0]["forks"]["web"]["url"] != forks[1]["forks"]["web"]["url"]
-    # (their baseline sides arrive too, with route keys of their own that no sandbox owns)
+    # (their base runs arrive too, with route keys of their own that no sandbox owns)
     assert {forks[0]["route_key"], forks[1]["route_key"]} <= barrier.arrived
     assert _backend(repo).list() == []
 

@@ -90,13 +90,13 @@ def test_a_plan_sends_the_routing_headers_and_records_every_step(sandbox: Sandbo
     assert "s3cr3t-t0ken-value" not in record  # the Authorization header is redacted
 
 
-def test_a_failing_schema_check_names_the_field_and_the_baseline_proves_the_fix(
+def test_a_failing_schema_check_names_the_field_and_the_base_run_proves_the_fix(
     sandbox: SandboxInfo, tmp_path: Path
 ) -> None:
-    on_baseline = run_plan(_write(tmp_path / "checkout.yaml", PLAN), sandbox=sandbox, backend=None,
-                           out_dir=tmp_path / "out", baseline=True)
+    on_base = run_plan(_write(tmp_path / "checkout.yaml", PLAN), sandbox=sandbox, backend=None,
+                       out_dir=tmp_path / "out", base_run=True)
 
-    step = on_baseline.tests[1]
+    step = on_base.tests[1]
     assert step.outcome == "failed"
     assert "does not match the schema at $.total" in step.message and "not of type 'number'" in step.message
 
@@ -112,7 +112,7 @@ def test_a_plan_step_that_only_the_sandbox_passes_proves_the_change(
                              out_dir=tmp_path / "out")
 
     assert verdict.passed and verdict.comparison.fixed == ["checkout: place an order"], verdict.reasons
-    assert (tmp_path / "out" / "baseline" / "plans" / "checkout" / "02-place-an-order.json").is_file()
+    assert (tmp_path / "out" / "base" / "plans" / "checkout" / "02-place-an-order.json").is_file()
 
 
 @pytest.mark.parametrize(("plan", "field"), [

@@ -4,7 +4,7 @@ real git worktrees, real pytest in jails, real service processes behind the real
 - A repository's own red tests that the change turns green prove it, with no new test.
 - Hostile changes never publish a validated, non-draft pull request: a test keyed on the route key, a
   weakened plan, a conftest that rewrites outcomes, a deleted failing test, a weakened assertion.
-- The baseline suites run in full once per base commit, whatever the number of iterations and runs.
+- The base run of every suite runs in full once per base commit, whatever the number of iterations and runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from agentloop.evidence.verify import verify_run
 from agentloop.loop.runner import RunOutcome, fix
 from agentloop.paths import state_dir
 from agentloop.validation import run_validation
-from agentloop.validation.baseline_cache import CACHE_DIR
+from agentloop.validation.base_results import CACHE_DIR
 
 CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
 CALC_TESTS = ("from calc import add, sub\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
@@ -105,11 +105,11 @@ def test_existing_red_tests_turned_green_prove_the_fix_in_one_iteration(make_rep
     body = _report(outcome)
     fixed_line = next(line for line in body.splitlines() if line.startswith("- **Fixed by this change"))
     assert "`unit: tests/test_calc.py::test_add`" in fixed_line
-    already = next(line for line in body.splitlines() if line.startswith("- **Already failing on the baseline"))
+    already = next(line for line in body.splitlines() if line.startswith("- **Already failing in the base run"))
     assert "test_unrelated" in already
     assert "Needs review" not in body
     # the whole suite ran at the base commit and its report is part of the evidence
-    full = outcome.run_dir / "iterations" / "1" / "validate" / "baseline" / "unit.full.xml"
+    full = outcome.run_dir / "iterations" / "1" / "validate" / "base" / "unit.full.xml"
     assert 'name="test_add"' in full.read_text() and 'name="test_sub"' in full.read_text()
 
 
@@ -157,13 +157,13 @@ def test_a_test_keyed_on_the_route_key_proves_nothing_and_the_agent_is_told(make
     name = "integration: tests/test_key.py::test_runs_in_a_sandbox"
     assert verdict["comparison"]["fixed"] == [] and verdict["comparison"]["not_reproducing"] == [name]
     assert any("do not reproduce the issue" in reason and "test_key" in reason for reason in verdict["reasons"])
-    # the second prompt told the agent that its test passes on the baseline too
+    # the second prompt told the agent that its test passes in the base run too
     diagnosis = (outcome.run_dir / "iterations" / "1" / "diagnosis.md").read_text()
-    assert "Proof: Your tests that pass on the baseline too" in diagnosis and "test_runs_in_a_sandbox" in diagnosis
-    assert "pass on the baseline too" in (outcome.run_dir / "transcript.jsonl").read_text()
+    assert "Proof: Your tests that pass in the base run too" in diagnosis and "test_runs_in_a_sandbox" in diagnosis
+    assert "pass in the base run too" in (outcome.run_dir / "transcript.jsonl").read_text()
 
 
-def test_the_baseline_side_gets_a_route_key_that_the_router_sends_to_the_baseline(
+def test_the_base_run_gets_a_route_key_that_the_router_sends_to_the_baseline(
     make_repo: MakeRepo, tmp_path: Path
 ) -> None:
     hello = ('import json, os, urllib.request\n\n\ndef test_hello_says_hello():\n'
@@ -181,8 +181,8 @@ def test_the_baseline_side_gets_a_route_key_that_the_router_sends_to_the_baselin
 
     assert outcome.status == "published", outcome.message
     assert evidence["verdict"]["comparison"]["fixed"] == ["integration: tests/test_hello.py::test_hello_says_hello"]
-    # on the baseline side the test had a key of the sandbox's shape, and the router served the baseline
-    changed = (outcome.run_dir / "iterations" / "1" / "validate" / "baseline" / "integration.changed.xml").read_text()
+    # in the base run the test had a key of the sandbox's shape, and the router served the baseline
+    changed = (outcome.run_dir / "iterations" / "1" / "validate" / "base" / "integration.changed.xml").read_text()
     assert "b'hi' == b'hello'" in changed
 
 
@@ -206,7 +206,7 @@ def test_a_weakened_plan_is_not_what_validates_the_change(make_repo: MakeRepo, t
     # what the next edit would be told: the change that keeps it from being proven, the step to turn green
     diagnosis = (outcome.run_dir / "iterations" / "1" / "diagnosis.md").read_text()
     assert "Proof: Loop cannot call this change proven" in diagnosis and "`plans/hello.yaml`" in diagnosis
-    assert "Proof: Existing tests that already fail on the baseline" in diagnosis
+    assert "Proof: Existing tests that already fail in the base run" in diagnosis
     assert "hello: hello says hello" in diagnosis
 
 
@@ -286,7 +286,7 @@ def test_deleting_a_failing_test_needs_review(make_repo: MakeRepo, tmp_path: Pat
 
     _not_a_validated_pull_request(outcome)
     verdict = evidence["verdict"]
-    assert any("removes tests" in item and "`tests/test_unrelated.py::test_unrelated` (failed on the baseline)" in item
+    assert any("removes tests" in item and "`tests/test_unrelated.py::test_unrelated` (failed in the base run)" in item
                for item in verdict["needs_review"]), verdict["needs_review"]
     assert outcome.status == "published" and outcome.pull_request is not None and outcome.pull_request.draft
     body = _report(outcome)
@@ -311,14 +311,14 @@ def test_a_weakened_assertion_in_a_passing_test_needs_review(make_repo: MakeRepo
     assert outcome.pull_request is not None and _needs_review_on_top(_report(outcome))
 
 
-# -- the baseline cache -----------------------------------------------------------------------------------
+# -- the base results cache ---------------------------------------------------------------------------------
 
 
 def _sources(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    return [source for item in evidence["iterations"] for source in (item["verdict"] or {}).get("baseline", [])]
+    return [source for item in evidence["iterations"] for source in (item["verdict"] or {}).get("base_runs", [])]
 
 
-def test_iterations_and_runs_on_one_base_commit_run_the_baseline_suites_once(make_repo: MakeRepo, tmp_path: Path) -> None:
+def test_iterations_and_runs_on_one_base_commit_run_each_suite_at_the_base_commit_once(make_repo: MakeRepo, tmp_path: Path) -> None:
     repo = _calc_repo(make_repo, agent={"max_iterations": 2})
     base = git(repo, "rev-parse", "HEAD").strip()
     wrong = replace("calc.py", "return a - b\n\n\ndef sub", "return a * b\n\n\ndef sub")
@@ -332,7 +332,7 @@ def test_iterations_and_runs_on_one_base_commit_run_the_baseline_suites_once(mak
     assert {s["commit"] for s in sources} == {base} and len({s["computed_at"] for s in sources}) == 1
     entries = [p for p in (state_dir(repo) / CACHE_DIR / base).iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / "results.json").is_file()
-    # every iteration still carries the full baseline report it was compared with
+    # every iteration still carries the full base run's report it was compared with
     for run, count in ((first, 2), (second, 1)):
         for n in range(1, count + 1):
-            assert (run.run_dir / "iterations" / str(n) / "validate" / "baseline" / "unit.full.xml").is_file()
+            assert (run.run_dir / "iterations" / str(n) / "validate" / "base" / "unit.full.xml").is_file()

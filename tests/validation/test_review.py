@@ -79,7 +79,7 @@ def _edit(repo: Path, name: str, old: str, new: str) -> None:
     ("tests/test_new.py", "", "pytest_plugins = ['evil']\n\n\ndef test_new():\n    pass\n",
      "`tests/test_new.py` line 1 reaches into pytest itself (`pytest_plugins = ['evil']`)"),
     ("tests/test_calc.py", "assert 3 - 1 == two", "assert 3 - 1 == two or True",
-     "`tests/test_calc.py::test_sub` changed: it passed on the baseline"),
+     "`tests/test_calc.py::test_sub` changed: it passed in the base run"),
     ("tests/test_calc.py", "assert n > 0", "return", "`tests/test_calc.py::TestK::test_m` changed"),
     ("tests/test_calc.py", "def test_sub(two):\n", "def test_sub(two):\n    return\n",
      "`tests/test_calc.py::test_sub` changed"),
@@ -119,7 +119,7 @@ def test_a_deleted_test_file_names_every_test_it_held(make_repo: MakeRepo) -> No
 
     reasons = _review(repo)
 
-    assert any(r.startswith("removes tests that ran on the baseline: `tests/test_calc.py::test_sub` (passed on")
+    assert any(r.startswith("removes tests that ran in the base run: `tests/test_calc.py::test_sub` (passed in")
                for r in reasons), reasons
 
 

@@ -1,5 +1,5 @@
 """run_validation on real git repositories with real pytest runs in subprocesses: per-test results
-from JUnit, the baseline comparison in a detached worktree, flaky reruns, and the verdict rules."""
+from JUnit, the comparison with the base run in a detached worktree, flaky reruns, and the verdict rules."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def test_a_fix_with_a_reproducing_test_is_proven(make_repo: MakeRepo, tmp_path: 
         "tests/test_add.py::test_add": "passed", "tests/test_sub.py::test_sub": "passed"}
     assert json.loads((tmp_path / "out" / "results.json").read_text())["passed"] is True
     assert (tmp_path / "out" / "sandbox" / "unit.xml").is_file()
-    # the baseline ran in a temporary worktree that is gone again
-    assert "loop-baseline" not in git.open_repo(repo).git.worktree("list")
+    # the base run ran in a temporary worktree (`worktrees/base-*/tree`) that is gone again
+    assert "/worktrees/base-" not in git.open_repo(repo).git.worktree("list")
 
 
-def test_a_test_that_passes_on_the_baseline_too_proves_nothing(make_repo: MakeRepo, tmp_path: Path) -> None:
+def test_a_test_that_passes_in_the_base_run_too_proves_nothing(make_repo: MakeRepo, tmp_path: Path) -> None:
     repo = make_repo({"calc.py": CALC, "tests/test_sub.py": TEST_SUB})
     (repo / "tests/test_more.py").write_text(TEST_SUB.replace("test_sub", "test_sub_again"))
 
@@ -68,7 +68,7 @@ def test_a_regression_is_named_and_blocks(make_repo: MakeRepo, tmp_path: Path) -
     assert any("regressed" in r and "test_sub" in r for r in verdict.reasons)
 
 
-def test_a_failure_already_on_the_baseline_is_listed_but_does_not_block(make_repo: MakeRepo, tmp_path: Path) -> None:
+def test_a_failure_already_in_the_base_run_is_listed_but_does_not_block(make_repo: MakeRepo, tmp_path: Path) -> None:
     broken = "def test_always_broken():\n    assert 1 == 2, 'broken before this change'\n"
     repo = make_repo({"calc.py": CALC, "tests/test_old.py": broken})
     (repo / "calc.py").write_text(CALC.replace("return a - b\n\n\ndef sub", "return a + b\n\n\ndef sub"))
@@ -78,7 +78,7 @@ def test_a_failure_already_on_the_baseline_is_listed_but_does_not_block(make_rep
 
     assert verdict.passed, verdict.reasons
     assert verdict.comparison.preexisting == ["unit: tests/test_old.py::test_always_broken"]
-    assert any("already failing on the baseline" in r for r in verdict.reasons)
+    assert any("already failing in the base run" in r for r in verdict.reasons)
     failed = verdict.results[0].failed
     assert [t.name for t in failed] == ["tests/test_old.py::test_always_broken"]
     assert "broken before this change" in failed[0].message

@@ -1,10 +1,11 @@
-"""The coding-agent protocol the edit node sees."""
+"""The coding-agent protocol the edit node sees, and the model clients it talks to (with their optional
+capability, `Seekable`, asked with `isinstance`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +19,16 @@ class ModelClient(Protocol):
     model: str
 
     def create(self, request: dict[str, Any]) -> dict[str, Any]:
+        ...
+
+
+@runtime_checkable
+class Seekable(Protocol):
+    """A model client whose answers have positions (a cassette replayed or recorded), so that a resumed run
+    goes on from the model call where its last finished iteration ended."""
+
+    def seek(self, position: int) -> None:
+        """Continue from call `position` (the calls the run has already made)."""
         ...
 
 

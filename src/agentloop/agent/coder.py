@@ -2,7 +2,8 @@
 
 Each edit starts a fresh conversation (the state of the work is the worktree and its diff), which keeps
 a resumed run simple. The loop stops when the model ends its turn ("done"), after
-`agent.max_turns` model calls ("max_turns"), when the token or dollar budget is spent ("budget"), or
+`agent.max_turns` model calls ("max_turns"), when the budget is spent ("budget"; `agent.budget.spent`,
+the engine's check too), or
 when the model fails after retries ("error"); it never raises for these.
 """
 
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from agentloop.agent.base import EditTask, ModelClient, UsageCallback
+from agentloop.agent import budget
+from agentloop.agent.base import EditTask, ModelClient, Seekable, UsageCallback
 from agentloop.agent.editor import Editor
 from agentloop.agent.policy import ConfinedShell
 from agentloop.agent.pricing import Pricer
@@ -46,24 +47,6 @@ def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return marked
 
 
-class _Budget:
-    def __init__(self, config: LoopConfig, before: Usage, deadline: float | None) -> None:
-        self._tokens = config.agent.budget.tokens
-        self._usd = config.agent.budget.usd
-        self._before = before
-        self._deadline = deadline
-
-    def spent(self, this_edit: Usage) -> str | None:
-        if self._deadline is not None and time.time() >= self._deadline:
-            return "time budget spent during the edit (agent.budget.minutes)"
-        total = self._before + this_edit
-        if self._tokens is not None and total.total_tokens >= self._tokens:
-            return f"token budget spent: {total.total_tokens} of {self._tokens} tokens (agent.budget.tokens)"
-        if self._usd is not None and total.cost_usd >= self._usd:
-            return f"dollar budget spent: ${total.cost_usd:.4f} of ${self._usd:g} (agent.budget.usd)"
-        return None
-
-
 class AgentCoder:
     """Implements `Coder` over any ModelClient (the Anthropic API, a replayed or a recording one)."""
 
@@ -90,12 +73,10 @@ class AgentCoder:
 
     def _converse(self, task: EditTask, toolbox: ToolBox, on_usage: UsageCallback | None) -> EditResult:
         # A resumed run replays (or records) from the call where its last finished iteration ended.
-        seek = getattr(self.model, "seek", None)
-        if seek is not None:
-            seek(task.usage_so_far.calls)
-        budget = _Budget(self.config, task.usage_so_far, task.deadline)
+        if isinstance(self.model, Seekable):
+            self.model.seek(task.usage_so_far.calls)
         usage = Usage()
-        already = budget.spent(usage)
+        already = self._budget_spent(task, usage)
         if already is not None:
             return EditResult(stop_reason="budget", error=already, usage=usage)
         tools = toolbox.definitions
@@ -109,7 +90,7 @@ class AgentCoder:
         summary, sent = "", 0
         for turn in range(1, self.config.agent.max_turns + 1):
             # tools can take long: the deadline may have passed since the last answer
-            spent = budget.spent(usage) if turn > 1 else None
+            spent = self._budget_spent(task, usage) if turn > 1 else None
             if spent is not None:
                 return EditResult(summary=summary, usage=usage, turns=turn - 1, stop_reason="budget", error=spent)
             self.transcript.write("request", iteration=task.iteration, turn=turn, messages=messages[sent:])
@@ -136,7 +117,7 @@ class AgentCoder:
             if on_usage is not None:
                 on_usage(usage)
             summary = _text_of(content) or summary
-            spent = budget.spent(usage)
+            spent = self._budget_spent(task, usage)
             if spent is not None:
                 return EditResult(summary=summary, usage=usage, turns=turn, stop_reason="budget", error=spent)
             messages.append({"role": "assistant", "content": self._redactor.mask_data(content)})
@@ -152,6 +133,10 @@ class AgentCoder:
                 return EditResult(summary=summary, usage=usage, turns=turn, stop_reason="done")
         return EditResult(summary=summary, usage=usage, turns=self.config.agent.max_turns, stop_reason="max_turns",
                           error=f"the model did not finish within {self.config.agent.max_turns} turns (agent.max_turns)")
+
+    def _budget_spent(self, task: EditTask, this_edit: Usage) -> str | None:
+        # the run's one budget check, the engine's too: the same order and words wherever it runs out
+        return budget.spent(self.config.agent, task.usage_so_far + this_edit, deadline=task.deadline)
 
     def _run_tool(self, toolbox: ToolBox, call: dict[str, Any], task: EditTask, turn: int) -> dict[str, Any]:
         outcome = toolbox.run(str(call.get("name")), call.get("input"))

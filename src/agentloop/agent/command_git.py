@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from agentloop.agent.command_wrappers import Context, Finding, Word, code, joined, resolve_in
+from agentloop.agent.command_words import Context, Finding, Word, code, joined
 
 _WITH_ARG = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--super-prefix",
                        "--config-env", "--attr-source"})
@@ -51,7 +51,7 @@ def _setting(key: str, value: Word | None, ctx: Context,
     if key.startswith("alias.") and not value.text.startswith("!"):
         options, args = call
         expanded = ctx.nested.words(value.text) or [Word(value.text)]
-        return resolve_in([Word("git"), *options, *expanded, *args], ctx.deeper(("git", key[len("alias."):])))
+        return ctx.deeper(("git", key[len("alias."):])).resolve([Word("git"), *options, *expanded, *args])
     return code(Word(value.text.removeprefix("!")), ctx)
 
 
@@ -100,7 +100,7 @@ def _subcommand(sub: str, rest: list[Word], ctx: Context) -> list[Finding]:
         foreach = [w for w in rest[texts.index("foreach") + 1:] if w.text != "--recursive"]
         return joined(foreach, ctx) if foreach else ctx.findings
     if sub == "bisect" and texts[:1] == ["run"]:
-        return resolve_in(rest[1:], ctx.deeper())
+        return ctx.deeper().resolve(rest[1:])
     if sub == "config":
         values = [w for w in rest if not w.text.startswith("-")]
         values = values[1:] if values[:1] and values[0].text == "set" else values

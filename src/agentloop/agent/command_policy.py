@@ -37,15 +37,8 @@ import re
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
-from agentloop.agent.command_wrappers import (
-    COMMAND_VARIABLES,
-    SUBSCRIPT_CODE,
-    Finding,
-    Run,
-    Unknown,
-    Word,
-    resolve,
-)
+from agentloop.agent.command_words import COMMAND_VARIABLES, SUBSCRIPT_CODE, Finding, Run, Unknown, Word
+from agentloop.agent.command_wrappers import resolve
 from agentloop.config import PolicyConfig
 
 _CONTINUATION = re.compile(r"(?:\\\n)*")

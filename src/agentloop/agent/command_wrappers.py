@@ -4,109 +4,32 @@
 all run something other than their first word. `resolve` turns the words of one simple command into every
 command it runs (each wrapper's own layer, then the program it starts), or into an `Unknown` when that
 program is known only once the line runs. Shell code inside a word (`-c` strings, `eval`, `trap`, aliases)
-goes back to the parser through `Nested`; git has its own rules in command_git.py. Used by command_policy.
+goes back to the parser through `Nested`; git has its own rules in command_git.py, and the words and findings
+shared by both live in command_words.py. Used by command_policy.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import dataclass, field
+
+from agentloop.agent.command_git import resolve_git
+from agentloop.agent.command_words import SUBSCRIPT_CODE, Context, Finding, Nested, Word, code, joined
 
 MAX_DEPTH = 10
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-# Variables whose values bash or git run, or expand with command substitution (PS4 under `set -x`).
-COMMAND_VARIABLES = frozenset({
-    "GIT_SSH_COMMAND", "GIT_SSH", "GIT_PAGER", "PAGER", "GIT_EDITOR", "EDITOR", "VISUAL",
-    "GIT_SEQUENCE_EDITOR", "GIT_EXTERNAL_DIFF", "GIT_ASKPASS", "SSH_ASKPASS", "GIT_PROXY_COMMAND",
-    "PROMPT_COMMAND", "MANPAGER", "PS0", "PS1", "PS2", "PS4",
-})
 _STDIN_SCRIPT = re.compile(r"^/dev/(stdin|fd/\d+)$|^/proc/[^/]+/fd/\d+$")
 # Builtins that evaluate array subscripts in their arguments: `let "a[\$(cmd)]=1"` runs cmd.
-SUBSCRIPT_CODE = re.compile(r"\[[^\]]*(\$\(|`)")
 _EVALUATES_SUBSCRIPTS = frozenset({"let", "declare", "typeset", "local", "export", "readonly", "read",
                                    "printf", "mapfile", "readarray", "unset", "test", "[", "wait"})
-
-
-@dataclass(frozen=True)
-class Word:
-    """One shell word: its value after quote removal when `static`, else its source text.
-    `splits` when an unquoted expansion or glob may turn it into several words (or none)."""
-
-    text: str
-    static: bool = True
-    splits: bool = False
-
-
 _INPUT = Word("…", static=False, splits=True)  # the items xargs appends, read when the line runs
-
-
-@dataclass(frozen=True)
-class Run:
-    """A command the line runs, as `prog args…` with `prog` the basename. `final` is False for a wrapper's own
-    layer (`timeout 5 curl x`), which is checked against the deny list only."""
-
-    words: tuple[str, ...]
-    final: bool
-    source: str
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words)
-
-
-@dataclass(frozen=True)
-class Unknown:
-    """A part whose program cannot be known before the line runs."""
-
-    source: str
-    why: str
-    hint: str = "name the program literally"
-
-
-Finding = Run | Unknown
-
-
-class Nested(Protocol):
-    def line(self, text: str, source: str, depth: int) -> list[Finding]:
-        """The findings of `text` run as shell code."""
-
-    def words(self, text: str) -> list[Word] | None:
-        """`text` split into words as the shell would, or None when it is not one simple command."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where a command came from (`source`, the part of the line the model wrote), how deeply it is nested,
-    the assignments the line makes (None where computed), and what was found before it."""
-
-    source: str
-    depth: int
-    env: Mapping[str, Word | None]
-    nested: Nested
-    findings: list[Finding] = field(default_factory=list)
-
-    def unknown(self, why: str, hint: str = "name the program literally") -> list[Finding]:
-        return [*self.findings, Unknown(self.source, why, hint)]
-
-    def ran(self, texts: tuple[str, ...]) -> list[Finding]:
-        """The findings so far, then the program `texts` itself."""
-        return [*self.findings, Run(texts, True, self.source)]
-
-    def having(self, findings: list[Finding]) -> Context:
-        return replace(self, findings=findings)
-
-    def deeper(self, layer: tuple[str, ...] | None = None) -> Context:
-        """One level down, after the wrapper `layer` (checked against the deny list)."""
-        extra = [Run(layer, False, self.source)] if layer else []
-        return replace(self, depth=self.depth + 1, findings=[*self.findings, *extra])
 
 
 def resolve(words: list[Word], source: str, depth: int, env: Mapping[str, Word | None],
             nested: Nested) -> list[Finding]:
     """Every command that the simple command `words` runs."""
-    return resolve_in(words, Context(source, depth, env, nested))
+    return resolve_in(words, Context(source, depth, env, nested, resolve_in))
 
 
 def resolve_in(words: list[Word], ctx: Context) -> list[Finding]:
@@ -132,20 +55,6 @@ def resolve_in(words: list[Word], ctx: Context) -> list[Finding]:
     if prog in _WRAPPERS:
         return _wrapper(words, texts, ctx)
     return ctx.ran(texts)
-
-
-def code(text: Word, ctx: Context) -> list[Finding]:
-    """Findings of a word that the command runs as shell code."""
-    if not text.static:
-        return ctx.unknown(f"it runs shell code `{text.text}` that is computed only when the line runs")
-    return [*ctx.findings, *ctx.nested.line(text.text, ctx.source, ctx.depth + 1)]
-
-
-def joined(words: list[Word], ctx: Context) -> list[Finding]:
-    """Findings of words that the command joins with spaces and runs as shell code (eval, watch)."""
-    if any(not w.static for w in words):
-        return ctx.unknown("it runs shell code that is computed only when the line runs")
-    return code(Word(" ".join(w.text for w in words)), ctx)
 
 
 @dataclass(frozen=True)
@@ -424,14 +333,8 @@ def _find(words: list[Word], texts: tuple[str, ...], ctx: Context) -> list[Findi
     return found.findings
 
 
-def _git(words: list[Word], texts: tuple[str, ...], ctx: Context) -> list[Finding]:
-    from agentloop.agent.command_git import resolve_git  # git's rules build on this module
-
-    return resolve_git(words, texts, ctx)
-
-
 _HANDLERS: dict[str, Callable[[list[Word], tuple[str, ...], Context], list[Finding]]] = {
     "eval": _eval, "trap": _trap, "alias": _alias, "busybox": _busybox, "coproc": _coproc, "find": _find,
-    "git": _git, "source": _source, ".": _source, "mapfile": _mapfile, "readarray": _mapfile, "watch": _watch,
+    "git": resolve_git, "source": _source, ".": _source, "mapfile": _mapfile, "readarray": _mapfile, "watch": _watch,
     "hash": _hash,
 }

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from agentloop.agent.base import ModelClient
+from agentloop.agent.base import ModelClient, Seekable
 from agentloop.errors import ModelError
 
 REPLAY_PREFIX = "replay:"
@@ -96,9 +96,8 @@ class RecordingModel:
 
     def seek(self, position: int) -> None:
         """Forget responses past `position`: they belong to an interrupted edit that is being redone."""
-        inner_seek = getattr(self._inner, "seek", None)
-        if inner_seek is not None:
-            inner_seek(position)
+        if isinstance(self._inner, Seekable):
+            self._inner.seek(position)
         del self._cassette.responses[position:]
         self._write()
 

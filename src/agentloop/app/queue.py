@@ -26,11 +26,10 @@ from agentloop.app.schema import create_schema
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACTIVE", "Accepted", "Job", "JobQueue", "JobStatus", "QueueUnavailable", "Work"]
+__all__ = ["Accepted", "Job", "JobQueue", "JobStatus", "QueueUnavailable", "Work"]
 
 JobStatus = Literal["queued", "running", "published", "failed", "error", "interrupted", "cancelled"]
 Outcome = Literal["queued", "busy", "ignored", "stopped", "redelivery"]
-ACTIVE = ("queued", "running")
 _JOB_ROW = "(?, ?, ?, ?, ?, 'queued', 0, '', ?, ?)"
 _COLUMNS = (
     "id, delivery_id, repo, issue, installation_id, action, status, run_id, attempts, message, "

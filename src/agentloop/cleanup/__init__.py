@@ -7,9 +7,10 @@
 - **The App's checkouts** (`cleanup.clones`): under `<workdir>/repos/<owner>/<name>/`, job and run
   worktrees whose job is done, run records past the retention, and the whole repository once no job
   of it is queued or running and it has been idle for the retention.
-- **Baseline results** (`cleanup.baseline`): `<state>/baseline-results/<commit>/` for base commits
-  computed before the retention, or beyond the newest `retention.baseline_results`; never the current
-  base's, never one a validation is computing.
+- **Base results** (`cleanup.base_results`): the cached base runs, `<state>/base-results/<commit>/` for
+  base commits computed before the retention, or beyond the newest `retention.base_results`; never the
+  current base's, never one a validation is computing. All of `<state>/baseline-results/`, the same cache
+  as older versions of loop named it.
 
 Every decision is an `Item` (what, why, and whether it went): printed by the CLI and logged here. gc only
 ever deletes paths under loop's own directories and git branches under loop's branch prefix, whatever a
@@ -33,7 +34,7 @@ class Item:
     """One thing gc removed (or, with --dry-run, would remove), or kept on purpose, and why."""
 
     action: Action
-    kind: str  # sandbox, worktree, branch, record, clone, baseline-results
+    kind: str  # sandbox, worktree, branch, record, clone, base-results
     what: str
     why: str
 

@@ -1,5 +1,5 @@
 """One `loop sandbox gc`: sandboxes first (a kept sandbox's forks run from its run's worktree), then the
-runs, the baseline results and the App's clones."""
+runs, the base results (the cached base runs) and the App's clones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agentloop.app.queue import JobQueue
 from agentloop.cleanup import DAY, Collector, Item
-from agentloop.cleanup.baseline import collect_baseline_results
+from agentloop.cleanup.base_results import collect_base_results
 from agentloop.cleanup.clones import collect_clones
 from agentloop.cleanup.runs import collect_runs
 from agentloop.config import LoopConfig, RetentionConfig
@@ -31,7 +31,7 @@ def collect(
         for kind, what, why in release_orphans(repo, dry_run=dry_run):  # what killed `loop`s left running or made
             out.removed(kind, what, why)
         collect_runs(repo, config, out, now=now, sandboxes=up)
-        collect_baseline_results(repo, config, out, now=now)
+        collect_base_results(repo, config, out, now=now)
     if app_workdir is not None:
         retention = (config.retention if config is not None else RetentionConfig()).days * DAY
         collect_clones(app_workdir, _queue(app_workdir, queue), out, now=now, retention=retention)

@@ -243,6 +243,7 @@ def batch(
     from agentloop.cli.batch_view import BatchView
     from agentloop.config import load_config
     from agentloop.errors import ConfigError, NotSupportedYet
+    from agentloop.sandbox.base import baseline_held
 
     if executor not in ("local", "kubernetes"):
         raise ConfigError(f"--executor {executor}: use local (the default) or kubernetes")
@@ -257,13 +258,13 @@ def batch(
         if from_file is not None:
             refs += batches.read_issue_list(from_file)
         if label is not None:
+            from agentloop.forge.base import ListsIssues
             from agentloop.forge.factory import open_forge
 
             forge = open_forge(root, config)
-            lister = getattr(forge, "list_issues", None)
-            if lister is None:
+            if not isinstance(forge, ListsIssues):
                 raise NotSupportedYet(f"--label with the {forge.kind} forge is not supported yet; list the issues")
-            refs += [str(issue.number) for issue in lister(label)]
+            refs += [str(issue.number) for issue in forge.list_issues(label)]
         record = batches.new_batch(root, refs[:limit] if limit else refs, model=model, parallel=parallel)
     runner: Executor
     backend = None
@@ -292,19 +293,17 @@ def batch(
             from agentloop.sandbox.factory import open_backend
 
             backend = open_backend(root, config)
-    started_baseline = backend.baseline_up() if backend is not None else False
     view = BatchView(err)
-    err.print(f"batch {record.id}: {len(record.items)} runs, {record.parallel} at once ({executor}); "
-              f"record {batches.batch_path(root_runs, record.id)}", soft_wrap=True)
-    try:
-        finished = batches.BatchExecutor(record, root_runs, runner, render=view,
-                                         poll=1.0 if executor == "kubernetes" else 0.3).run()
-    finally:
-        if backend is not None:
-            # runs killed by a second Ctrl-C (or crashed) leave forks behind: collect them now
-            backend.gc()
-        if started_baseline and backend is not None:
-            backend.baseline_down()
+    with baseline_held(backend):  # stopped at the end only if the batch started it
+        err.print(f"batch {record.id}: {len(record.items)} runs, {record.parallel} at once ({executor}); "
+                  f"record {batches.batch_path(root_runs, record.id)}", soft_wrap=True)
+        try:
+            finished = batches.BatchExecutor(record, root_runs, runner, render=view,
+                                             poll=1.0 if executor == "kubernetes" else 0.3).run()
+        finally:
+            if backend is not None:
+                # runs killed by a second Ctrl-C (or crashed) leave forks behind: collect them now
+                backend.gc()
     view.summary(finished)
     if finished.status == "interrupted":
         # everything is stopped and recorded: a Ctrl-C pressed again now must not turn exit 130 into a crash

@@ -25,9 +25,8 @@ from agentloop.cli import sandbox_dry_run as dry
 from agentloop.config import LoopConfig, load_config
 from agentloop.errors import LoopError
 from agentloop.results import SandboxInfo
-from agentloop.sandbox.base import SandboxBackend
+from agentloop.sandbox.base import Detachable, Plannable, SandboxBackend
 from agentloop.sandbox.factory import open_backend
-from agentloop.sandbox.local.backend import LocalSandboxBackend
 
 app = typer.Typer(help="Sandboxes: a shared baseline plus per-run forks of the changed services.", no_args_is_help=True)
 baseline_app = typer.Typer(help="The shared baseline: every service at the base branch.", no_args_is_help=True)
@@ -64,8 +63,8 @@ def _config(repo: Path, backend: str | None) -> tuple[Path, LoopConfig]:
 def _open(repo: Path, backend_name: str | None = None) -> SandboxBackend:
     root, config = _config(repo, backend_name)
     backend = open_backend(root, config)
-    if isinstance(backend, LocalSandboxBackend):
-        backend.owner_pid = None  # outlives this command; see the module docstring
+    if isinstance(backend, Detachable):
+        backend.detach()  # outlives this command; see the module docstring
     return backend
 
 
@@ -202,20 +201,10 @@ def _dry_run(repo: Path, backend_name: str | None, name: str, forks: dict[str, P
              output: dry.OutputFormat) -> str:
     root, config = _config(repo, backend_name)
     backend = open_backend(root, config)
-    if isinstance(backend, LocalSandboxBackend):
-        up = bool(backend.baseline_status().get("up"))
-        return dry.render([dry.local_plan(config, name, forks, baseline_up=up)], output)
-    plan = getattr(backend, "plan", None)
-    if plan is None:
-        raise LoopError(f"--dry-run: the {config.sandbox.backend} backend cannot plan; use --backend kubernetes")
-    try:
-        objects = plan(name, forks)
-    except LoopError as exc:
-        if getattr(getattr(backend, "settings", None), "manifests", None):
-            raise
-        raise LoopError(f"{exc}; or, to plan with no cluster, list the baseline's manifests under "
-                        "loop.yaml: sandbox.kubernetes.manifests") from None
-    return dry.render(dry.masked_objects(objects), output)
+    if not isinstance(backend, Plannable):
+        raise LoopError(f"--dry-run: the {backend.name} backend cannot plan; "
+                        "use --backend local or --backend kubernetes")
+    return dry.render(dry.masked_objects(backend.plan(name, forks)), output)
 
 
 @app.command("ls")
@@ -264,7 +253,7 @@ def gc(
 ) -> None:
     """Remove expired sandboxes, the worktrees and branches of finished runs (failed, killed, published:
     not running ones; an open pull request's branch stays), and what is older than loop.yaml's
-    `retention`: run records, the App's idle clones, cached baseline results."""
+    `retention`: run records, the App's idle clones, base results (cached base runs)."""
     from agentloop.cleanup.collect import collect
 
     with _errors():

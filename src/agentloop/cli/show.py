@@ -12,23 +12,25 @@ from rich.table import Table
 from rich.text import Text
 
 from agentloop.evidence.counts import changes_per_iteration
+from agentloop.loop.state import SERDE, Attempt, RunState, typed
+from agentloop.results import Diagnosis, EditResult, SuiteResult
 from agentloop.runs.folder import CorruptRecord, RunFolder
 from agentloop.runs.store import database_url, postgres_checkpointer
 from agentloop.verdict_words import verdict_word
 
 
-def _state(record: RunFolder) -> dict[str, Any]:
+def _state(record: RunFolder) -> RunState:
     url = database_url()
     if url:  # the run may have been checkpointed on another machine (a Kubernetes Job)
-        with postgres_checkpointer(url) as saver:
+        with postgres_checkpointer(url, serde=SERDE) as saver:
             shared = saver.get_tuple({"configurable": {"thread_id": record.run_id}})
-        return dict(shared.checkpoint["channel_values"]) if shared else {}
+        return typed(shared.checkpoint["channel_values"]) if shared else {}
     if not record.checkpoints.exists():
         return {}
     conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
     try:
-        saved = SqliteSaver(conn).get_tuple({"configurable": {"thread_id": record.run_id}})
-        return dict(saved.checkpoint["channel_values"]) if saved else {}
+        saved = SqliteSaver(conn, serde=SERDE).get_tuple({"configurable": {"thread_id": record.run_id}})
+        return typed(saved.checkpoint["channel_values"]) if saved else {}
     except sqlite3.DatabaseError as exc:
         raise CorruptRecord(f"{record.checkpoints}: not a checkpoint database loop can read ({exc}); "
                             f"restore it, or remove the run's folder {record.dir}") from None
@@ -36,45 +38,46 @@ def _state(record: RunFolder) -> dict[str, Any]:
         conn.close()
 
 
-def _suite_line(result: dict[str, Any]) -> dict[str, Any]:
-    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0, "flaky": 0}
-    for test in result.get("tests", []):
-        counts["flaky" if test.get("flaky") else test["outcome"]] += 1
-    failed = [t["name"] for t in result.get("tests", []) if t["outcome"] in ("failed", "error") and not t.get("flaky")]
-    return {"name": result["name"], "kind": result.get("kind", "suite"), "ran": result.get("ran", True),
-            "counts": counts, "failed": failed, "error": result.get("error")}
+def _suite_line(result: SuiteResult) -> dict[str, Any]:
+    return {"name": result.name, "kind": result.kind, "ran": result.ran, "counts": result.counts(),
+            "failed": [t.name for t in result.failed], "error": result.error}
+
+
+def _iteration(attempt: Attempt, changed: list[str]) -> dict[str, Any]:
+    edit = attempt.get("edit") or EditResult()
+    deploy = attempt.get("deploy")
+    verdict = attempt.get("verdict")
+    diagnosis = attempt.get("diagnosis") or Diagnosis()
+    return {
+        "iteration": attempt["iteration"],
+        "edit": {"summary": edit.summary, "turns": edit.turns if "edit" in attempt else None,
+                 "stop_reason": edit.stop_reason if "edit" in attempt else None, "cost_usd": edit.usage.cost_usd},
+        "changed_files": changed,
+        "changed_since_base": attempt.get("changed_files") or [],
+        "deploy": {"ok": deploy.ok if deploy else None, "forked": deploy.forked if deploy else [],
+                   "error": deploy.error if deploy else None},
+        "verdict": {"passed": verdict.passed, "word": verdict_word(verdict.model_dump(mode="json")),
+                    "reasons": verdict.reasons, "results": [_suite_line(r) for r in verdict.results]}
+        if verdict else None,
+        "diagnosis": diagnosis.summary if attempt.get("diagnosis") else None,
+        "log_excerpts": diagnosis.excerpts,
+    }
 
 
 def run_details(record: RunFolder) -> dict[str, Any]:
     """Summary, then each iteration: changed files, deploy, suites and plans, diagnosis, edit usage."""
     summary = record.summary()
     state = _state(record)
-    iterations = []
     attempts = state.get("attempts") or []
     # each file credited to the iteration whose edit changed it (an attempt's own list is since the base)
     changes = changes_per_iteration(record.dir, attempts)
-    for attempt, changed in zip(attempts, changes, strict=True):
-        edit = attempt.get("edit") or {}
-        deploy = attempt.get("deploy") or {}
-        verdict = attempt.get("verdict") or {}
-        iterations.append({
-            "iteration": attempt.get("iteration"),
-            "edit": {"summary": edit.get("summary", ""), "turns": edit.get("turns"), "stop_reason": edit.get("stop_reason"),
-                     "cost_usd": (edit.get("usage") or {}).get("cost_usd", 0.0)},
-            "changed_files": changed,
-            "changed_since_base": attempt.get("changed_files") or [],
-            "deploy": {"ok": deploy.get("ok"), "forked": deploy.get("forked", []), "error": deploy.get("error")},
-            "verdict": {"passed": verdict.get("passed"), "word": verdict_word(verdict), "reasons": verdict.get("reasons", []),
-                        "results": [_suite_line(r) for r in verdict.get("results", [])]} if verdict else None,
-            "diagnosis": (attempt.get("diagnosis") or {}).get("summary"),
-            "log_excerpts": (attempt.get("diagnosis") or {}).get("excerpts") or {},
-        })
+    sandbox = state.get("sandbox")
     return {
         "run": summary.public(),
         "branch": state.get("branch") or summary.branch,
         "worktree": state.get("worktree"),
-        "sandbox": state.get("sandbox"),
-        "iterations": iterations,
+        "sandbox": sandbox.model_dump(mode="json") if sandbox else None,
+        "iterations": [_iteration(attempt, changed) for attempt, changed in zip(attempts, changes, strict=True)],
         "events": record.events(),
         "record": str(record.dir),
     }

@@ -1,6 +1,6 @@
 """Confinement: every process that runs code the agent could have written runs in a bubblewrap jail.
 
-That is the agent's bash tool, every suite (in the sandbox, on the baseline, the flaky rerun) and every
+That is the agent's bash tool, every suite (in the sandbox, in the base run, the flaky rerun) and every
 service process (forks and the baseline). A jail has:
 
 - its own PID namespace and `/proc`: loop's processes, their environment and memory are invisible;

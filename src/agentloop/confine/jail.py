@@ -275,7 +275,7 @@ class Confinement:
     ) -> Finished:
         """Run `command` in the jail; keep `output_limit` characters of output (head and tail), stop it
         at `timeout` seconds or when it grows `watch_disk`'s filesystem past `limits.disk_mb`. Its process
-        group is recorded as the current run's while it runs (`sandbox.owned`), so a resumed run stops it
+        group is recorded as the current run's while it runs (`agentloop.owned`), so a resumed run stops it
         if this `loop` is killed; `on_start` is called once it is recorded."""
         argv = self.argv(command, cwd=cwd, writable=writable, home=home, network=network, readable=readable,
                          git=git)

@@ -1,6 +1,6 @@
 """The checks of `loop doctor` that run the repository's code: each service starting and becoming ready on
 the baseline, then each suite of `validate` at the base commit with its counts (suites with `sandbox: true`
-against the baseline's services, through the router, as a run's baseline side sees them); plans are only
+against the baseline's services, through the router, as a run's base run sees them); plans are only
 loaded. Services and suites run in the jail (`agentloop.sandbox`, `agentloop.validation.suites`).
 
 The project's `setup:` steps run first, in the temporary worktree at the base commit the suites use (a
@@ -31,9 +31,9 @@ from agentloop.paths import state_dir
 from agentloop.plan_file import load_plan
 from agentloop.project_env import ProjectEnv
 from agentloop.results import SandboxInfo, SuiteResult
-from agentloop.sandbox.base import SandboxBackend
+from agentloop.sandbox.base import SandboxBackend, baseline_held
 from agentloop.sandbox.factory import open_backend
-from agentloop.validation.baseline import base_worktree, baseline_view
+from agentloop.validation.comparison import base_worktree, baseline_view
 from agentloop.validation.suites import is_pytest, run_suite, safe_name, suite_env
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def baseline_checks(root: Path, config: LoopConfig, *, base: str, secrets: Colle
                 no_view = "needs the baseline's services, which did not come up (see the services above)"
             elif any(isinstance(e, SuiteConfig) and e.sandbox for e in config.validate_):
                 try:
-                    view = _baseline_side(backend, cleanup)
+                    view = _base_run_view(backend, cleanup)
                 except LoopError as exc:
                     no_view = f"no sandbox could be made on the baseline: {exc}"
         else:
@@ -119,15 +119,13 @@ def _services(root: Path, config: LoopConfig, cleanup: ExitStack) -> tuple[list[
     """Start the baseline unless it is up; the lines of its services, and the backend when they are ready."""
     try:
         backend = open_backend(root, config)
-        started = backend.baseline_up()
+        started = cleanup.enter_context(baseline_held(backend))  # stopped when doctor is done, if started here
     except DeployError as exc:
         _stop(backend)  # the failed start stopped its processes; this removes its worktree
         return _start_failed(config, exc), None
     except LoopError as exc:
         return [Check(check="services", status="fail", detail=f"the baseline did not start: {exc}",
                       fix="see the message; `loop sandbox baseline up` shows the same")], None
-    if started:
-        cleanup.callback(backend.baseline_down)
     status = backend.baseline_status()
     running = status.get("services")
     described = running if isinstance(running, dict) else {}
@@ -167,8 +165,8 @@ def _start_failed(config: LoopConfig, exc: DeployError) -> list[Check]:
     return checks
 
 
-def _baseline_side(backend: SandboxBackend, cleanup: ExitStack) -> SandboxInfo:
-    """What a run's baseline side gives sandbox suites: a sandbox with no forks, seen under a route key no
+def _base_run_view(backend: SandboxBackend, cleanup: ExitStack) -> SandboxInfo:
+    """What a run's base run gives sandbox suites: a sandbox with no forks, seen under a route key no
     sandbox owns (`baseline_view`), so the router serves every service from the baseline."""
     name = f"doctor-{secrets.token_hex(4)}"
     cleanup.callback(backend.remove, name)

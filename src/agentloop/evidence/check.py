@@ -107,7 +107,7 @@ def _check_table(lines: Sequence[str], results: Sequence[Mapping[str, Any]]) -> 
 
 def _check_word(verdict: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The word may be stricter than the artifacts require (`require: all`, a change that needs review),
-    never kinder: "passed" or "unproven" with failures the baseline does not explain is named."""
+    never kinder: "passed" or "unproven" with failures the base run does not explain is named."""
     word = verdict_word(verdict)
     if word == "failed":
         return []
@@ -118,13 +118,13 @@ def _check_word(verdict: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
         explained = sum(1 for name in comparison.get("preexisting") or [] if name.startswith(f"{result.get('name')}: "))
         if failing > explained:
             problems.append(f"the verdict is {word!r}, but {result['source']} has {failing} failing tests in "
-                            f"{_label(result)} and only {explained} fail on the baseline too")
+                            f"{_label(result)} and only {explained} fail in the base run too")
         if result.get("ran", True) and result.get("error"):
             problems.append(f"the verdict is {word!r}, but {_label(result)} did not run to a result")
     if comparison.get("regressions"):
         problems.append(f"the verdict is {word!r}, but evidence.json lists regressions")
     if word == "passed" and not comparison.get("fixed"):
-        problems.append("the verdict is 'passed', but no test fails on the baseline and passes in the sandbox")
+        problems.append("the verdict is 'passed', but no test fails in the base run and passes in the sandbox")
     return problems
 
 

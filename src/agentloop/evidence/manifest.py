@@ -215,7 +215,7 @@ def _verdict(verdict: Verdict, run_dir: Path, iteration: int) -> dict[str, Any]:
         "passed": verdict.passed, "proven": verdict.proven, "word": verdict_word(verdict.model_dump(mode="json")),
         "reasons": verdict.reasons, "unproven": verdict.unproven, "needs_review": verdict.needs_review,
         "comparison": verdict.comparison.model_dump(mode="json"),
-        "baseline": [source.model_dump(mode="json") for source in verdict.baseline],
+        "base_runs": [source.model_dump(mode="json") for source in verdict.base_runs],  # `baseline` before
         "results": [_result(r, run_dir, iteration) for r in verdict.results],
     }
 

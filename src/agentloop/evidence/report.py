@@ -134,16 +134,16 @@ def _needs_review(changes: Sequence[str]) -> str:
 def _comparison(comparison: Mapping[str, Any]) -> str:
     lines = []
     for key, title in (
-        ("fixed", "Fixed by this change (fail on the baseline, pass in the sandbox)"),
-        ("regressions", "Regressions (pass on the baseline, fail in the sandbox)"),
-        ("preexisting", "Already failing on the baseline (not caused by this change)"),
+        ("fixed", "Fixed by this change (fail in the base run, pass in the sandbox)"),
+        ("regressions", "Regressions (pass in the base run, fail in the sandbox)"),
+        ("preexisting", "Already failing in the base run (not caused by this change)"),
         ("flaky", "Flaky (failed, then passed on a rerun; not blocking)"),
     ):
         names = comparison.get(key) or []
         lines.append(f"- **{title}:** " + (", ".join(f"`{n}`" for n in names) if names else "none"))
     if comparison.get("not_reproducing"):
         names = ", ".join(f"`{n}`" for n in comparison["not_reproducing"])
-        lines.append(f"- **The change's tests that pass on the baseline too (they prove nothing):** {names}")
+        lines.append(f"- **The change's tests that pass in the base run too (they prove nothing):** {names}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from agentloop.evidence.check import check_report
 from agentloop.evidence.manifest import EVIDENCE_FILE, artifacts, diff_stats
 from agentloop.owned import scratch_worktree
 from agentloop.results import SandboxInfo, Verdict
-from agentloop.sandbox.base import SandboxBackend
+from agentloop.sandbox.base import SandboxBackend, baseline_held
 from agentloop.sandbox.factory import open_backend, services_for_changes
 from agentloop.validation import run_validation
 
@@ -92,7 +92,7 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
     base, head = (evidence.get("commits") or {}).get("base"), (evidence.get("commits") or {}).get("head")
     if not base or not head:
         raise LoopError(f"{run_dir / EVIDENCE_FILE}: no base or head commit recorded; nothing to rerun")
-    # under loop's state dir as this process's (`sandbox.owned`): gc removes it if this command is killed
+    # under loop's state dir as this process's (`agentloop.owned`): gc removes it if this command is killed
     with scratch_worktree(repo, head, prefix="verify-") as worktree:
         # validated with the base commit's loop.yaml, never the change's own
         config = load_config_at(repo, base, load_config(repo))
@@ -103,14 +103,10 @@ def rerun(run_dir: Path, repo: Path) -> Verdict:
             return run_validation(config=config, worktree=worktree, repo=repo, base_commit=base, sandbox=None,
                                   backend=None, out_dir=out_dir)
         backend = open_backend(repo, config)
-        started_baseline = backend.baseline_up()
-        try:
+        with baseline_held(backend):
             changed = git.changed_files(git.Worktree(repo, worktree), base)
             return _in_sandbox(backend, config_services=services_for_changes(config, changed),
                                worktree=worktree, repo=repo, base=base, out_dir=out_dir, config=config)
-        finally:
-            if started_baseline:
-                backend.baseline_down()
 
 
 def _in_sandbox(

@@ -1,5 +1,6 @@
-"""The forge protocol the intake and publish nodes see, and the marks that make its side effects
-idempotent.
+"""The forge protocol the intake and publish nodes see, the optional capabilities a forge may also have
+(`ListsIssues`, `HoldsSecrets`; asked with `isinstance`, never by the forge's class), and the marks that
+make its side effects idempotent.
 
 Every comment and pull request a run makes carries its `Step` (run and node:iteration) as a hidden HTML
 comment, so that a run killed right after posting and then resumed finds what it already made and edits
@@ -13,7 +14,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agentloop.git import Worktree
 from agentloop.results import Issue, PullRequest
@@ -79,4 +80,22 @@ class Forge(Protocol):
     def comment(self, issue: Issue, body: str, *, step: Step | None = None) -> None:
         """Post the run's comment for `step` on the issue; a comment of that step already there is not posted
         again (the local forge skips it, GitHub edits the run's status comment in place)."""
+        ...
+
+
+@runtime_checkable
+class ListsIssues(Protocol):
+    """A forge that can list its open issues (`loop batch --label`)."""
+
+    def list_issues(self, label: str | None = None) -> list[Issue]:
+        """Open issues, optionally only those with `label`."""
+        ...
+
+
+@runtime_checkable
+class HoldsSecrets(Protocol):
+    """A forge holding credentials that a run must mask wherever it writes or shows text."""
+
+    def secret_values(self) -> list[str]:
+        """The values never to show (raise LoopError when they are not available yet)."""
         ...

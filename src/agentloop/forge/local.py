@@ -5,7 +5,6 @@ the marker there does not post that comment again."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -140,7 +139,3 @@ def parse_issue_file(path: Path, number: int) -> Issue:
         rest = after
     return Issue(number=number, title=title, body=rest.strip(), url=path.resolve().as_uri(), labels=labels)
 
-
-def pulls_summary(repo: Path) -> list[dict[str, object]]:
-    pulls = state_dir(repo) / "pulls"
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(pulls.glob("*.json"))] if pulls.exists() else []

@@ -35,37 +35,29 @@ class RunContext:
     progress: ProgressCallback | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     keep_sandbox: bool = False
-    backend_factory: Callable[[], SandboxBackend] | None = None
-    coder_factory: Callable[[], Coder] | None = None
     _backend: SandboxBackend | None = None
     _coder: Coder | None = None
 
     @property
     def backend(self) -> SandboxBackend:
         if self._backend is None:
-            if self.backend_factory is not None:
-                self._backend = self.backend_factory()
-            else:
-                from agentloop.sandbox.factory import open_backend
+            from agentloop.sandbox.factory import open_backend
 
-                self._backend = open_backend(self.repo, self.config)
+            self._backend = open_backend(self.repo, self.config)
         return self._backend
 
     @property
     def coder(self) -> Coder:
         if self._coder is None:
-            if self.coder_factory is not None:
-                self._coder = self.coder_factory()
-            else:
-                from agentloop.agent.factory import make_coder
+            from agentloop.agent.factory import make_coder
 
-                self._coder = make_coder(
-                    self.model,
-                    config=self.config,
-                    transcript_path=self.record.transcript,
-                    record_path=self.record_cassette,
-                    redactor=self.redactor,
-                )
+            self._coder = make_coder(
+                self.model,
+                config=self.config,
+                transcript_path=self.record.transcript,
+                record_path=self.record_cassette,
+                redactor=self.redactor,
+            )
         return self._coder
 
     @property

@@ -13,6 +13,9 @@ excerpts too; diagnose decides whether the budget allows another edit. `edit` ca
 when the model spends the budget mid-turn. State is checkpointed after every node; each node's update
 has the run's secrets masked first (`RunContext.redactor`), so no checkpoint holds one. `publish` ends
 the run failed, committing nothing, when the change adds a secret.
+
+Nodes read their state through `state.typed` (sub-records are models even when read from an older
+checkpoint) and return a typed partial `RunState`; routing reads typed fields.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ from langgraph.runtime import Runtime
 from agentloop.errors import LoopError, RunInterrupted
 from agentloop.loop.context import RunContext
 from agentloop.loop.nodes import deploy, diagnose, edit, intake, publish, report_failure, validate
-from agentloop.loop.state import RunState
+from agentloop.loop.state import RunState, as_json, typed
 
-NodeFn = Callable[[RunState, RunContext], dict[str, Any]]
+NodeFn = Callable[[RunState, RunContext], RunState]
 
 
 class _Node(Protocol):
     __name__: str
 
-    def __call__(self, state: RunState, *, runtime: Runtime[RunContext]) -> dict[str, Any]: ...
+    def __call__(self, state: RunState, *, runtime: Runtime[RunContext]) -> RunState: ...
 
 
 def route_after_edit(state: RunState) -> Literal["deploy", "report_failure"]:
@@ -45,11 +48,13 @@ def route_after_edit(state: RunState) -> Literal["deploy", "report_failure"]:
 
 
 def route_after_deploy(state: RunState) -> Literal["validate", "diagnose"]:
-    return "validate" if (state.get("deploy") or {}).get("ok") else "diagnose"
+    deploy = state.get("deploy")  # what deploy just wrote: a model
+    return "validate" if deploy is not None and deploy.ok else "diagnose"
 
 
 def route_after_validate(state: RunState) -> Literal["publish", "diagnose"]:
-    return "publish" if (state.get("verdict") or {}).get("passed") else "diagnose"
+    verdict = state.get("verdict")  # what validate just wrote: a model
+    return "publish" if verdict is not None and verdict.passed else "diagnose"
 
 
 def route_after_diagnose(state: RunState) -> Literal["edit", "report_failure"]:
@@ -59,7 +64,7 @@ def route_after_diagnose(state: RunState) -> Literal["edit", "report_failure"]:
 def _recorded(name: str, fn: NodeFn) -> _Node:
     """Wrap a node so that its start, end, duration and outcome reach events.jsonl and the display."""
 
-    def node(state: RunState, *, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    def node(state: RunState, *, runtime: Runtime[RunContext]) -> RunState:
         ctx = runtime.context
         if ctx.cancel.is_set():
             raise RunInterrupted(f"run {ctx.run_id} stopped before {name}; `loop resume {ctx.run_id}` continues it")
@@ -68,7 +73,7 @@ def _recorded(name: str, fn: NodeFn) -> _Node:
         ctx.emit(kind="node", node=name, event="start", iteration=iteration)
         started = time.monotonic()
         try:
-            update = fn(state, ctx)
+            update = fn(typed(state), ctx)
         except BaseException as exc:
             duration = round(time.monotonic() - started, 3)
             # a LoopError's message is written for the user (why the run stops): the record keeps it
@@ -78,7 +83,7 @@ def _recorded(name: str, fn: NodeFn) -> _Node:
             raise
         # Nothing secret enters the state: it is what the checkpointer (SQLite or Postgres) stores, what a
         # resumed run continues from, and what the evidence, the commit message and the PR are made of.
-        update = ctx.redactor.mask_data(update)
+        update = typed(ctx.redactor.mask_data(as_json(update)))
         duration = round(time.monotonic() - started, 3)
         outcome = _outcome(name, update)
         ctx.record.event(name, "end", iteration=iteration, duration=duration, outcome=outcome)
@@ -89,11 +94,13 @@ def _recorded(name: str, fn: NodeFn) -> _Node:
     return node
 
 
-def _outcome(name: str, update: dict[str, Any]) -> str:
+def _outcome(name: str, update: RunState) -> str:
     if name == "deploy":
-        return "ok" if update["deploy"]["ok"] else "failed"
+        deploy = update.get("deploy")
+        return "ok" if deploy is not None and deploy.ok else "failed"
     if name == "validate":
-        return "passed" if update["verdict"]["passed"] else "failed"
+        verdict = update.get("verdict")
+        return "passed" if verdict is not None and verdict.passed else "failed"
     if name in ("edit", "diagnose") and update.get("budget_spent"):
         return "budget spent"
     return str(update.get("status", "ok"))

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,16 @@ from agentloop.config import LoopConfig, load_config, load_config_at
 from agentloop.confine import project_confinement
 from agentloop.errors import IssueNotFound, LoopError, RunInterrupted, RunNotFound
 from agentloop.evidence import finalize_evidence
-from agentloop.forge.base import Forge
+from agentloop.forge.base import Forge, HoldsSecrets
 from agentloop.forge.factory import open_forge
 from agentloop.forge.local import parse_issue_file
 from agentloop.loop.context import ProgressCallback, RunContext
 from agentloop.loop.graph import build_graph
 from agentloop.loop.nodes.intake import branch_name
-from agentloop.loop.state import RunState
+from agentloop.loop.state import SERDE, RunState, as_json, typed
 from agentloop.paths import repo_root, runs_dir, worktrees_dir
 from agentloop.redact import Redactor
-from agentloop.results import Issue, PullRequest, Usage
+from agentloop.results import ConfinementInfo, Issue, PullRequest, Usage
 from agentloop.runs.folder import (
     RunFolder,
     RunStatus,
@@ -45,6 +45,7 @@ from agentloop.runs.folder import (
     process_alive,
 )
 from agentloop.runs.store import database_url, postgres_checkpointer
+from agentloop.sandbox.base import baseline_held
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,13 @@ def prepare(
     )
     ctx.progress = _tracking(record, progress)
     initial: RunState = {
-        "run_id": run_id, "repo": str(root), "issue": the_issue.model_dump(mode="json"), "model": chosen_model,
-        "started_at": time.time(), "usage": Usage().model_dump(mode="json"), "status": "running",
+        "run_id": run_id, "repo": str(root), "issue": the_issue, "model": chosen_model,
+        "started_at": time.time(), "usage": Usage(), "status": "running",
         "attempts": [], "sandbox": None, "budget_spent": None, "pull_request": None, "base_commit": base_commit,
-        "confinement": confinement.describe(),
+        "confinement": ConfinementInfo.model_validate(confinement.describe()),
     }
     # kept beside the checkpoints, so a run stopped before its first checkpoint can still be resumed
-    record.write_text(INITIAL_STATE, json.dumps(initial))
+    record.write_text(INITIAL_STATE, json.dumps(as_json(initial)))
     return ctx, initial
 
 
@@ -194,7 +195,7 @@ def resume(
         raise RunNotFound(f"run {run_id} is still running (pid {summary.pid}); stop it first (Ctrl-C or kill)")
     config = load_config(root)
     initial_path = record.dir / INITIAL_STATE
-    initial = json.loads(initial_path.read_text(encoding="utf-8")) if initial_path.exists() else None
+    initial = typed(json.loads(initial_path.read_text(encoding="utf-8"))) if initial_path.exists() else None
     if initial and initial.get("base_commit"):
         config = load_config_at(root, initial["base_commit"], config)
     if summary.max_iterations is not None:
@@ -218,10 +219,9 @@ def resume(
 def _redactor(config: LoopConfig, forge: Forge) -> Redactor:
     """The run's secrets: the environment's, those `policy.secrets` names, and the forge's token."""
     extra: list[str] = []
-    forge_secrets = getattr(forge, "secret_values", None)
-    if callable(forge_secrets):
+    if isinstance(forge, HoldsSecrets):
         try:
-            extra = list(forge_secrets())
+            extra = list(forge.secret_values())
         except LoopError:  # no token yet: then no message can hold one either
             log.debug("the forge's token is not available to mask", exc_info=True)
     return Redactor.for_run(config, extra=extra)
@@ -242,12 +242,12 @@ def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue
 def _checkpointer(record: RunFolder) -> Iterator[BaseCheckpointSaver[Any]]:
     url = database_url()
     if url:  # shared checkpoints: a run started in a Kubernetes Job resumes anywhere
-        with postgres_checkpointer(url) as saver:
+        with postgres_checkpointer(url, serde=SERDE) as saver:
             yield saver
         return
     conn = sqlite3.connect(str(record.checkpoints), check_same_thread=False)
     try:
-        yield SqliteSaver(conn)
+        yield SqliteSaver(conn, serde=SERDE)  # the state's models allowed back (loop.state)
     finally:
         conn.close()
 
@@ -267,22 +267,22 @@ def _drive_owned(
     config: RunnableConfig = {
         "configurable": {"thread_id": ctx.run_id}, "recursion_limit": 10 + 8 * ctx.config.agent.max_iterations,
     }
-    started_baseline = False
+    baseline = ExitStack()
     status: RunStatus = "error"
     message = ""
-    state: dict[str, Any] = {}
+    state: RunState = {}
     try:
         if manage_baseline and ctx.has_services:
             ctx.emit(kind="node", node="baseline", event="start", iteration=0)
-            started_baseline = ctx.backend.baseline_up()
-            ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started_baseline else "up")
+            started = baseline.enter_context(hold_baseline(ctx))
+            ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started else "up")
         with _checkpointer(ctx.record) as saver:
             graph = build_graph(saver, review=review)
             if resuming and graph.get_state(config).values:
                 initial = None  # continue from the last checkpoint
             graph.invoke(initial, config, context=ctx)
             snapshot = graph.get_state(config)
-            state = dict(snapshot.values)
+            state = typed(snapshot.values)
             if snapshot.next:
                 status, message = "interrupted", f"waiting before {snapshot.next[0]}: `loop resume {ctx.run_id}` continues"
             else:
@@ -296,7 +296,7 @@ def _drive_owned(
         ctx.record.write_text("error.txt", traceback.format_exc())
         status, message = "error", f"internal error: {type(exc).__name__}: {exc} (details: {ctx.record.dir / 'error.txt'})"
     finally:
-        _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=started_baseline)
+        _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, baseline=baseline)
         if not ctx.keep_sandbox:  # the forks are gone: their logs can be rewritten with the run's known values masked
             ctx.redactor.mask_tree(ctx.record.dir / "logs")
             if status == "published":
@@ -304,11 +304,11 @@ def _drive_owned(
     return _conclude(ctx, state, status=status, message=message)
 
 
-def finish(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message: str,
-           stop_baseline: bool) -> RunOutcome:
+def finish(ctx: RunContext, state: RunState, *, status: RunStatus, message: str,
+           baseline: ExitStack) -> RunOutcome:
     """What a run does after its graph, for a graph driven elsewhere (LangGraph Server): stop what it
-    started, then record how it ended."""
-    _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, stop_baseline=stop_baseline)
+    started (`baseline` holds what `hold_baseline` entered), then record how it ended."""
+    _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, baseline=baseline)
     owned.release(owned.run_owner(ctx.repo, ctx.run_id))
     if not ctx.keep_sandbox:
         ctx.redactor.mask_tree(ctx.record.dir / "logs")
@@ -317,10 +317,10 @@ def finish(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message
     return _conclude(ctx, state, status=status, message=message)
 
 
-def _conclude(ctx: RunContext, state: dict[str, Any], *, status: RunStatus, message: str) -> RunOutcome:
+def _conclude(ctx: RunContext, state: RunState, *, status: RunStatus, message: str) -> RunOutcome:
     """run.json, evidence.json and the display say how the run ended."""
     message = ctx.redactor.mask(message)
-    pull = PullRequest.model_validate(state["pull_request"]) if state.get("pull_request") else None
+    pull = state.get("pull_request")
     ended_at = time.time()
     branch = {"branch": state["branch"]} if state.get("branch") else {}
     ctx.record.update_summary(
@@ -341,14 +341,19 @@ def _finalize_evidence(ctx: RunContext, *, status: RunStatus, message: str, pull
         log.warning("could not write the final status into %s/evidence.json", ctx.record.dir, exc_info=True)
 
 
-def _cleanup(ctx: RunContext, *, remove_sandbox: bool, stop_baseline: bool) -> None:
+def hold_baseline(ctx: RunContext) -> AbstractContextManager[bool]:
+    """The run's hold on the baseline: one it started is stopped when the run ends, unless a sandbox is
+    still on it (a kept one) or another run of the repository is alive and may need it."""
+    return baseline_held(ctx.backend, stop_if=lambda: not ctx.backend.list() and not _other_runs_alive(ctx))
+
+
+def _cleanup(ctx: RunContext, *, remove_sandbox: bool, baseline: ExitStack) -> None:
     if not ctx.has_services or ctx._backend is None:
         return
     try:
         if remove_sandbox and ctx.backend.get(ctx.run_id) is not None:
             ctx.backend.remove(ctx.run_id)
-        if stop_baseline and not ctx.backend.list() and not _other_runs_alive(ctx):
-            ctx.backend.baseline_down()
+        baseline.close()  # after the sandbox is gone: see hold_baseline
     except BaseException:  # a second Ctrl-C, or a failure: the run's outcome is still recorded; gc finishes
         log.warning("cleanup of run %s did not finish; run `loop sandbox gc`", ctx.run_id, exc_info=True)
 

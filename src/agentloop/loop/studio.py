@@ -15,7 +15,8 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentloop.errors import LoopError, RunNotFound
 from agentloop.loop.context import RunContext
 from agentloop.loop.graph import add_loop
-from agentloop.loop.runner import RunOutcome, prepare
+from agentloop.loop.runner import RunOutcome, hold_baseline, prepare
 from agentloop.loop.runner import finish as finish_run
-from agentloop.loop.state import RunState
+from agentloop.loop.state import RunState, typed
 from agentloop.runs.folder import RunStatus
 
 EXAMPLE_ISSUE = "1"
@@ -52,7 +53,7 @@ class StudioContext(BaseModel):
 @dataclass
 class _Live:
     ctx: RunContext
-    started_baseline: bool
+    baseline: ExitStack = field(default_factory=ExitStack)  # the run's hold on it (runner.hold_baseline)
 
 
 _runs: dict[str, _Live] = {}
@@ -77,7 +78,7 @@ def _repository_and_model(want: StudioContext) -> tuple[Path, str | None]:
     return make_demo_repo(None), want.model or f"replay:{examples_dir() / 'cassettes' / EXAMPLE_CASSETTE}"
 
 
-def start(state: RunState, *, runtime: Runtime[StudioContext]) -> dict[str, Any]:
+def start(state: RunState, *, runtime: Runtime[StudioContext]) -> RunState:
     """`runner.prepare` for the run the server asked for, then its baseline; the initial state is the update."""
     if state.get("run_id"):
         raise RunNotFound(f"this thread already holds loop run {state['run_id']} ({state.get('status')}); "
@@ -90,16 +91,16 @@ def start(state: RunState, *, runtime: Runtime[StudioContext]) -> dict[str, Any]
         if not want.repo:  # the example's copy was made for this run alone
             shutil.rmtree(repo.parent, ignore_errors=True)
         raise
-    live = _Live(ctx, started_baseline=False)
+    live = _Live(ctx)
     with _lock:
         _runs[ctx.run_id] = live
     if ctx.has_services:
         try:
-            live.started_baseline = ctx.backend.baseline_up()
+            live.baseline.enter_context(hold_baseline(ctx))
         except BaseException as exc:
-            _release(live, dict(initial), exc)
+            _release(live, initial, exc)
             raise
-    return dict(initial)
+    return initial
 
 
 def _live(state: RunState) -> _Live:
@@ -112,38 +113,38 @@ def _live(state: RunState) -> _Live:
     return live
 
 
-def _on_server(node: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+def _on_server(node: Callable[..., RunState]) -> Callable[..., RunState]:
     """A loop node under this graph's context: it gets the run's RunContext instead."""
 
-    def wrapped(state: RunState, *, runtime: Runtime[StudioContext]) -> dict[str, Any]:
+    def wrapped(state: RunState, *, runtime: Runtime[StudioContext]) -> RunState:
         live = _live(state)
         try:
             return node(state, runtime=replace(runtime, context=live.ctx))  # type: ignore[arg-type]
         except BaseException as exc:
-            _release(live, dict(state), exc)
+            _release(live, typed(state), exc)
             raise
 
     wrapped.__name__ = node.__name__
     return wrapped
 
 
-def finish(state: RunState) -> dict[str, Any]:
+def finish(state: RunState) -> RunState:
     """`runner.finish`: the sandbox removed, a baseline this run started stopped, run.json and evidence.json
     final."""
     live = _live(state)
-    outcome = _close(live, dict(state), status=state.get("status", "error"), message=state.get("error") or "")
+    outcome = _close(live, typed(state), status=state.get("status", "error"), message=state.get("error") or "")
     return {"status": outcome.status}
 
 
-def _release(live: _Live, state: dict[str, Any], exc: BaseException) -> None:
+def _release(live: _Live, state: RunState, exc: BaseException) -> None:
     message = str(exc) if isinstance(exc, LoopError) else f"internal error: {type(exc).__name__}: {exc}"
     _close(live, state, status="error", message=message)
 
 
-def _close(live: _Live, state: dict[str, Any], *, status: RunStatus, message: str) -> RunOutcome:
+def _close(live: _Live, state: RunState, *, status: RunStatus, message: str) -> RunOutcome:
     with _lock:
         _runs.pop(live.ctx.run_id, None)
-    return finish_run(live.ctx, state, status=status, message=message, stop_baseline=live.started_baseline)
+    return finish_run(live.ctx, state, status=status, message=message, baseline=live.baseline)
 
 
 def build_server_graph() -> CompiledStateGraph[RunState, StudioContext, RunState, RunState]:

@@ -22,6 +22,7 @@ from agentloop.redact import redact
 if TYPE_CHECKING:  # psycopg and the Postgres checkpointer are the optional `postgres` extra
     import psycopg
     from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.checkpoint.serde.base import SerializerProtocol
     from psycopg.rows import DictRow
 
 DATABASE_ENV = "LOOP_DATABASE_URL"
@@ -112,12 +113,13 @@ def open_store() -> RunStore | None:
 
 
 @contextmanager
-def postgres_checkpointer(url: str) -> Iterator[PostgresSaver]:
-    """langgraph's PostgresSaver on its own connection, its tables made once (under a lock)."""
+def postgres_checkpointer(url: str, serde: SerializerProtocol | None = None) -> Iterator[PostgresSaver]:
+    """langgraph's PostgresSaver on its own connection, its tables made once (under a lock); `serde`: the
+    serializer of the states it holds (the engine's, which allows its state's types back)."""
     from langgraph.checkpoint.postgres import PostgresSaver
 
     with _connect(url) as conn:
-        saver = PostgresSaver(conn)
+        saver = PostgresSaver(conn, serde=serde)
         _setup_locked(conn, saver)
         yield saver
 

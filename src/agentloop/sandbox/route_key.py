@@ -89,13 +89,6 @@ def route_key_of(headers: MultiMapping[str], route_header: str, entry: str = ENT
     return _item_value(_joined(headers, COOKIES.header), COOKIE, COOKIES)
 
 
-def fork_env(sandbox: str, route_key: str) -> dict[str, str]:
-    """What a fork is told about itself: loop's names and Signadot's, so Signadot-instrumented code works
-    unchanged. The baseline gets none of them."""
-    return {"LOOP_SANDBOX": sandbox, "LOOP_ROUTE_KEY": route_key,
-            "SIGNADOT_SANDBOX_NAME": sandbox, "SIGNADOT_SANDBOX_ROUTING_KEY": route_key}
-
-
 # -- the same grammar as regular expressions (RE2 syntax, which Python's `re` also reads alike) ---------
 
 

@@ -65,7 +65,7 @@ _ENV_HEADER = "LOOP_ROUTE_HEADER"
 _ENV_ENTRY = "LOOP_ROUTE_KEY_ENTRY"
 _ENV_SERVICE = "LOOP_ROUTER_SERVICE"
 _ENV_HOST = "LOOP_ROUTER_HOST"
-_DEFAULT_PORT = 8080  # the containerPort of the proxy Deployment (k8s_routing.ROUTER_PORT)
+_DEFAULT_PORT = 8080  # the containerPort of the proxy Deployment (kubernetes.routing.ROUTER_PORT)
 
 
 class Routes(Protocol):

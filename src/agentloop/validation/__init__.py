@@ -1,13 +1,16 @@
-"""Validation: every suite and plan against the sandbox, compared with the baseline, to a verdict.
+"""Validation: every suite and plan against the sandbox, compared with the base run, to a verdict.
 
 Suites come from `config` (the base commit's loop.yaml, see `runner`); plans are read from the base commit,
 so that the change cannot weaken what it is checked by (a plan the base commit does not have yet is read
 from the worktree, and the verdict names it for review).
 
 Artifacts in `out_dir`: `sandbox/` (JUnit XML and output of each suite, `<suite>.rerun.*` for the
-rerun of failures, `plans/<plan>/<nn>-<step>.json`), `baseline/` (`<suite>.full.*`: the suite's full run at
-the base commit, from the cache of `baseline_cache`; `<suite>.changed.*`: the tests of the changed test
-files run at the base commit; `plans/`) and `results.json` (the verdict).
+rerun of failures, `plans/<plan>/<nn>-<step>.json`), `base/` (the base run: `<suite>.full.*`, the suite's
+full run at the base commit, from the cache of `base_results`; `<suite>.changed.*`, the tests of the
+changed test files run at the base commit; `plans/`) and `results.json` (the verdict).
+
+The base run is the same tests at the base commit, which each sandbox result is compared with
+(`comparison`); the baseline is the shared services every sandbox forks from (`sandbox`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from agentloop.confine import Confinement, project_confinement
 from agentloop.errors import ConfigError
 from agentloop.results import SandboxInfo, SuiteResult, Verdict
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.validation.baseline import (
+from agentloop.validation.base_results import full_base_runs
+from agentloop.validation.comparison import (
     SuiteRun,
     baseline_view,
     changed_test_files,
@@ -31,7 +35,6 @@ from agentloop.validation.baseline import (
     mark_flaky,
     run_changed_on_base,
 )
-from agentloop.validation.baseline_cache import full_baselines
 from agentloop.validation.plans import run_plan
 from agentloop.validation.review import review
 from agentloop.validation.suites import run_suite, suite_env
@@ -41,6 +44,7 @@ __all__ = ["run_validation"]
 
 log = logging.getLogger(__name__)
 _NO_SANDBOX = "needs a sandbox, and loop.yaml has no services to deploy"
+BASE_DIR = "base"  # the base run's artifacts in `out_dir`
 
 
 def run_validation(
@@ -75,28 +79,28 @@ def run_validation(
         mark_flaky(runs, worktree=worktree, sandbox=sandbox, out_dir=out_dir / "sandbox", confinement=confinement)
         changed = git.changed_files(checkout, base_commit)
         changed_tests = changed_test_files(runs, changed)
-        full = full_baselines(config.suites, repo=repo, base_commit=base_commit, sandbox=sandbox,
-                              confinement=confinement, out_dir=out_dir / "baseline")
+        full = full_base_runs(config.suites, repo=repo, base_commit=base_commit, sandbox=sandbox,
+                              confinement=confinement, out_dir=out_dir / BASE_DIR)
         for run in runs:
             if run.config is not None and run.config.suite in full:
                 run.full = full[run.config.suite].outcomes()
         run_changed_on_base(
             runs, worktree=worktree, repo=repo, base_commit=base_commit, view=baseline_view(sandbox) if sandbox else None,
-            changed_tests=changed_tests, out_dir=out_dir / "baseline", confinement=confinement,
+            changed_tests=changed_tests, out_dir=out_dir / BASE_DIR, confinement=confinement,
         )
         for run, path in plans:
             if sandbox is not None and run.result.ran and not run.result.error:
-                on_baseline = run_plan(
-                    path, sandbox=sandbox, backend=backend, out_dir=out_dir / "baseline" / "plans", baseline=True,
+                on_base = run_plan(
+                    path, sandbox=sandbox, backend=backend, out_dir=out_dir / BASE_DIR / "plans", base_run=True,
                     health_paths=health,
                 )
-                run.full = {t.name: t.outcome for t in on_baseline.tests}
+                run.full = {t.name: t.outcome for t in on_base.tests}
     needs_review = review(
         repo=repo, worktree=checkout, base_commit=base_commit, config=config, changed=changed,
         suites=[(run.result, run.full) for run in runs if run.config is not None],
     )
     verdict = decide([run.result for run in runs], compare(runs, changed_tests), require=config.require,
-                     needs_review=needs_review, baseline=[item.source for item in full.values()])
+                     needs_review=needs_review, base_runs=[item.source for item in full.values()])
     (out_dir / "results.json").write_text(verdict.model_dump_json(indent=2), encoding="utf-8")
     log.info("validation %s", verdict.reasons[0])
     return verdict

@@ -2,8 +2,9 @@
 over real HTTP, each step one `TestCaseResult`. Every request and response is recorded, truncated
 and redacted, as `<out_dir>/<plan>/<nn>-<step>.json`.
 
-On the baseline (`baseline=True`) the routing headers have the same shape but carry a route key that no
-sandbox owns (`baseline_view`), so the router serves every request from the baseline. Every step runs even after one fails, so that the evidence shows all of them.
+In the base run (`base_run=True`) the routing headers have the same shape but carry a route key that no
+sandbox owns (`baseline_view`), so the router serves every request from the baseline, the shared services.
+Every step runs even after one fails, so that the evidence shows all of them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from agentloop.plan_file import (
 from agentloop.redact import MASK, is_secret_name, redact
 from agentloop.results import SandboxInfo, SuiteResult, TestCaseResult
 from agentloop.sandbox.base import SandboxBackend
-from agentloop.validation.baseline import baseline_view
+from agentloop.validation.comparison import baseline_view
 from agentloop.validation.suites import safe_name
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def run_plan(
     sandbox: SandboxInfo,
     backend: SandboxBackend | None,
     out_dir: Path,
-    baseline: bool = False,
+    base_run: bool = False,
     health_paths: Mapping[str, str | None] | None = None,
 ) -> SuiteResult:
     """Run the plan at `path`; a bad file raises ConfigError naming the file and the field.
@@ -71,7 +72,7 @@ def run_plan(
     started = time.time()
     tests: list[TestCaseResult] = []
     with httpx.Client(trust_env=False, follow_redirects=False) as client:
-        runner = _StepRunner(client, sandbox, backend, baseline, dict(health_paths or {}), started)
+        runner = _StepRunner(client, sandbox, backend, base_run, dict(health_paths or {}), started)
         for index, step in enumerate(plan.steps, start=1):
             tests.append(runner.run(step, records / f"{index:02d}-{safe_name(step.name)}.json", secrets))
     return SuiteResult(
@@ -82,20 +83,20 @@ def run_plan(
 
 class _StepRunner:
     def __init__(
-        self, client: httpx.Client, sandbox: SandboxInfo, backend: SandboxBackend | None, baseline: bool,
+        self, client: httpx.Client, sandbox: SandboxInfo, backend: SandboxBackend | None, base_run: bool,
         health_paths: dict[str, str | None], started: float,
     ) -> None:
         self.client = client
         self.sandbox = sandbox
         self.backend = backend
-        self.baseline = baseline
-        self.routing_headers = dict((baseline_view(sandbox) if baseline else sandbox).routing_headers)
+        self.base_run = base_run
+        self.routing_headers = dict((baseline_view(sandbox) if base_run else sandbox).routing_headers)
         self.health_paths = health_paths
         self.started = started
 
     def run(self, step: Step, record_path: Path, secrets: list[str]) -> TestCaseResult:
         begun = time.monotonic()
-        record: dict[str, Any] = {"step": step.name, "baseline": self.baseline}
+        record: dict[str, Any] = {"step": step.name, "base_run": self.base_run}
         outcome, message = "passed", ""
         try:
             if step.wait is not None:
@@ -153,7 +154,7 @@ class _StepRunner:
     def _wait_tcp(self, wait: WaitAction, record: dict[str, Any]) -> None:
         """Until the service accepts a TCP connection: the sandbox's fork itself when it forked the
         service (the router in front always accepts), else the address the plan's requests go to."""
-        fork = None if self.baseline else self.sandbox.forks.get(wait.service)
+        fork = None if self.base_run else self.sandbox.forks.get(wait.service)
         split = urlsplit(fork.url if fork is not None else self._url(wait.service, "/"))
         address = (split.hostname or "127.0.0.1", split.port or (443 if split.scheme == "https" else 80))
         record["request"] = {"tcp": f"{address[0]}:{address[1]}", "timeout": wait.timeout}
@@ -195,7 +196,7 @@ class _StepRunner:
         if self.backend is None:
             record["log"] = ""
             return "skipped"
-        name = "baseline" if self.baseline else self.sandbox.name
+        name = "baseline" if self.base_run else self.sandbox.name  # the base run reads the shared services' logs
         text = self.backend.logs(name, action.service, since=self.started, until=time.time())
         record["log"] = text[-BODY_CHARS:]
         return "passed"

@@ -9,8 +9,8 @@ verdict is read from. Each finding names the file (and the test); the verdict ca
 - pytest plugins: a module that a conftest of the base commit imports or names in `pytest_plugins`, and any
   added line that declares `pytest_plugins`, defines a `pytest_*` hook, reaches the plugin manager or
   imports pytest's internals (`_pytest`).
-- Tests that ran on the baseline and are gone or skipped in the sandbox's full results.
-- Lines changed inside a test function that passed on the baseline, or inside a fixture of its file.
+- Tests that ran in the base run and are gone or skipped in the sandbox's full results.
+- Lines changed inside a test function that passed in the base run, or inside a fixture of its file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from agentloop import git
 from agentloop.config import LoopConfig
 from agentloop.results import SuiteResult
-from agentloop.validation.baseline import FLAKY
+from agentloop.validation.comparison import FLAKY
 from agentloop.validation.suites import test_file
 
 _LISTED = 8
@@ -67,7 +67,7 @@ def review(
     suites: Sequence[tuple[SuiteResult, Mapping[str, str] | None]],
 ) -> list[str]:
     """Why the change needs a person's review, one line per file or test; empty when nothing does.
-    `suites` pairs each suite's sandbox result with its full baseline outcomes (None when unknown)."""
+    `suites` pairs each suite's sandbox result with its outcomes in the full base run (None when unknown)."""
     if not changed and not suites:
         return []
     patches = parse_patch(git.diff(worktree, base_commit)) if changed else {}
@@ -256,31 +256,31 @@ def _toml_section(text: str | None) -> object:
     return tool.get("pytest") if isinstance(tool, dict) else None
 
 
-# -- tests that ran on the baseline ----------------------------------------------------------------------
+# -- tests that ran in the base run ----------------------------------------------------------------------
 
 
 def _removed_or_skipped(suites: Sequence[tuple[SuiteResult, Mapping[str, str] | None]]) -> list[str]:
     removed: list[str] = []
     skipped: list[str] = []
-    for result, baseline in suites:
-        if baseline is None or not result.ran or not result.tests or any(_collection_error(t.message)
+    for result, base_outcomes in suites:
+        if base_outcomes is None or not result.ran or not result.tests or any(_collection_error(t.message)
                                                                         for t in result.tests):
             continue  # nothing to compare, or an error that already blocks and hides the suite's tests
         now = {t.name: t.outcome for t in result.tests}
-        for name, before in baseline.items():
+        for name, before in base_outcomes.items():
             if before not in ("passed", "failed", "error", FLAKY):
                 continue
             after = now.get(name)
             was = {"passed": "passed", FLAKY: "flaky"}.get(before, "failed")
             if after is None:
-                removed.append(f"`{name}` ({was} on the baseline)")
+                removed.append(f"`{name}` ({was} in the base run)")
             elif after == "skipped":
-                skipped.append(f"`{name}` ({was} on the baseline)")
+                skipped.append(f"`{name}` ({was} in the base run)")
     reasons = []
     if removed:
-        reasons.append(f"removes tests that ran on the baseline: {_names(removed)}")
+        reasons.append(f"removes tests that ran in the base run: {_names(removed)}")
     if skipped:
-        reasons.append(f"skips tests that ran on the baseline: {_names(skipped)}")
+        reasons.append(f"skips tests that ran in the base run: {_names(skipped)}")
     return reasons
 
 
@@ -293,8 +293,8 @@ def _changed_tests(repo: Path, base: str, patches: Mapping[str, FilePatch],
     present = {t.name for result, _ in suites for t in result.tests}  # a test that is gone is named as removed
     passed: dict[str, list[str]] = {}
     test_files: set[str] = set()
-    for _, baseline in suites:
-        for name, before in (baseline or {}).items():
+    for _, base_outcomes in suites:
+        for name, before in (base_outcomes or {}).items():
             test_files.add(test_file(name))
             if before == "passed" and name in present:
                 passed.setdefault(test_file(name), []).append(name)
@@ -307,7 +307,7 @@ def _changed_tests(repo: Path, base: str, patches: Mapping[str, FilePatch],
         touched = {qual for qual, (start, end, _) in spans.items() if _touches(patch, start, end)}
         # one line per test function, however many cases its parameters make
         quals = dict.fromkeys(_qualname(name) for name in passed.get(path, []))
-        reasons += [f"`{path}::{qual.replace('.', '::')}` changed: it passed on the baseline, and its lines differ now"
+        reasons += [f"`{path}::{qual.replace('.', '::')}` changed: it passed in the base run, and its lines differ now"
                     for qual in quals if qual in touched]
         reasons += [f"`{path}::{qual}` changed: a fixture of a test file" for qual in sorted(touched) if spans[qual][2]]
     return reasons

@@ -9,7 +9,6 @@ no report still gives one result: the suite itself, passed or failed by its exit
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shlex
@@ -26,6 +25,7 @@ from agentloop.confine import Confinement
 from agentloop.owned import kill_point
 from agentloop.redact import redact
 from agentloop.results import SandboxInfo, SuiteResult, TestCaseResult
+from agentloop.sandbox.client import client_env
 from agentloop.validation import pytest_command
 
 log = logging.getLogger(__name__)
@@ -37,23 +37,15 @@ _SHELL_SYNTAX = re.compile(r"[;&|<>`$()]")
 
 def suite_env(sandbox: SandboxInfo | None) -> dict[str, str]:
     """What a suite is given on top of the jail's own environment (PATH, HOME, locale): the sandbox's
-    addresses and routing. The baseline side passes a view of the baseline shaped like a sandbox (its own
-    name and a route key no sandbox owns; see `baseline.baseline_view`), so a test sees the same variables
+    addresses and routing. The base run passes a view of the baseline shaped like a sandbox (its own name
+    and a route key no sandbox owns; see `comparison.baseline_view`), so a test sees the same variables
     on both sides. Nothing of loop's own environment is passed on."""
     env = {
         # Caches written into the worktree would end up in the pull request.
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTEST_ADDOPTS": "-p no:cacheprovider",
     }
-    if sandbox is None:
-        return env
-    env["LOOP_SANDBOX"] = sandbox.name
-    env["LOOP_SANDBOX_URL"] = sandbox.router_url
-    env["LOOP_ROUTE_KEY"] = sandbox.route_key
-    env["LOOP_ROUTING_HEADERS"] = json.dumps(sandbox.routing_headers)
-    for service, url in sandbox.service_urls.items():
-        env[f"LOOP_URL_{service.upper().replace('-', '_')}"] = url
-    return env
+    return env if sandbox is None else {**env, **client_env(sandbox)}
 
 
 def is_pytest(command: str) -> bool:
@@ -204,7 +196,7 @@ def _run(command: str, *, cwd: Path, env: Mapping[str, str], timeout: float, con
 
 
 def _suite_started() -> None:
-    kill_point("suite")  # tests: a `loop` killed while its suite runs (see sandbox.owned)
+    kill_point("suite")  # tests: a `loop` killed while its suite runs (see agentloop.owned)
 
 
 def _read_report(path: Path, secrets: Collection[str]) -> list[TestCaseResult] | None:

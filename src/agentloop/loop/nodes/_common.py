@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
+from agentloop.agent import budget
 from agentloop.forge.base import Step
 from agentloop.loop.context import RunContext
 from agentloop.loop.state import Attempt, RunState
@@ -12,23 +10,13 @@ from agentloop.results import Usage
 
 
 def current_attempt(state: RunState) -> Attempt:
+    """The current iteration's entry of `attempts` (only its number before its edit has ended). A node
+    adds to it by returning ``{"attempts": [Attempt(iteration=..., field=...)]}``: the reducer merges."""
     attempts = state.get("attempts") or []
     iteration = state.get("iteration", 1)
-    if attempts and attempts[-1].get("iteration") == iteration:
+    if attempts and attempts[-1]["iteration"] == iteration:
         return attempts[-1]
-    return Attempt(iteration=iteration, started_at=time.time())
-
-
-def update_attempt(state: RunState, **fields: Any) -> list[Attempt]:
-    """The attempts list with the current iteration's entry updated (appended when new)."""
-    attempts = list(state.get("attempts") or [])
-    attempt = dict(current_attempt(state))
-    attempt.update(fields)
-    if attempts and attempts[-1].get("iteration") == attempt["iteration"]:
-        attempts[-1] = Attempt(**attempt)  # type: ignore[typeddict-item]
-    else:
-        attempts.append(Attempt(**attempt))  # type: ignore[typeddict-item]
-    return attempts
+    return Attempt(iteration=iteration)
 
 
 def step_of(state: RunState, ctx: RunContext, node: str) -> Step:
@@ -37,24 +25,17 @@ def step_of(state: RunState, ctx: RunContext, node: str) -> Step:
     return Step(ctx.run_id, node, int(state.get("iteration") or 0))
 
 
-def usage_of(state: RunState) -> Usage:
-    return Usage.model_validate(state.get("usage") or {})
+def run_deadline(state: RunState, ctx: RunContext) -> float | None:
+    """When the run's minutes budget ends (None: no time budget)."""
+    started = state.get("started_at")
+    return budget.deadline(ctx.config.agent, started) if started is not None else None
 
 
-def budget_spent(state: RunState, ctx: RunContext, usage: Usage | None = None) -> str | None:
-    """Why the run must stop now (dollars, tokens, minutes), or None."""
-    budget = ctx.config.agent.budget
-    usage = usage or usage_of(state)
-    if budget.usd is not None and usage.cost_usd >= budget.usd:
-        return f"dollar budget spent: ${usage.cost_usd:.2f} of ${budget.usd:.2f}"
-    if budget.tokens is not None and usage.total_tokens >= budget.tokens:
-        return f"token budget spent: {usage.total_tokens} of {budget.tokens}"
-    if budget.minutes is not None:
-        elapsed = (time.time() - state.get("started_at", time.time())) / 60
-        if elapsed >= budget.minutes:
-            return f"time budget spent: {elapsed:.1f} of {budget.minutes:g} minutes"
-    return None
-
-
-def iterations_left(state: RunState, ctx: RunContext) -> bool:
-    return state.get("iteration", 1) < ctx.config.agent.max_iterations
+def budget_spent(state: RunState, ctx: RunContext, usage: Usage | None = None, *,
+                 between_iterations: bool = False) -> str | None:
+    """Why the run must stop now, or None: `agent.budget.spent`, the check the coding agent makes between
+    model calls, with the run's usage (or `usage`); `between_iterations` counts the iterations too."""
+    return budget.spent(
+        ctx.config.agent, usage or state.get("usage") or Usage(), deadline=run_deadline(state, ctx),
+        iteration=state.get("iteration", 1) if between_iterations else None,
+    )

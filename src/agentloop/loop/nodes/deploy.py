@@ -4,16 +4,15 @@ update only the forks whose code changed (same sandbox, same route key)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from agentloop import project_env
 from agentloop.confine import project_confinement
 from agentloop.errors import DeployError
 from agentloop.loop.context import RunContext
-from agentloop.loop.nodes._common import current_attempt, update_attempt
-from agentloop.loop.state import RunState
+from agentloop.loop.nodes._common import current_attempt
+from agentloop.loop.state import Attempt, RunState
 from agentloop.project_env import SetupFailed
-from agentloop.results import DeployResult, SandboxInfo
+from agentloop.results import DeployResult
 from agentloop.sandbox.factory import services_for_changes
 
 
@@ -51,18 +50,17 @@ def _setup(state: RunState, ctx: RunContext) -> DeployResult | None:
     return None
 
 
-def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+def run(state: RunState, ctx: RunContext) -> RunState:
+    iteration = state.get("iteration", 1)
     failed_setup = _setup(state, ctx)
     if failed_setup is not None:
-        dumped = failed_setup.model_dump(mode="json")
-        return {"deploy": dumped, "attempts": update_attempt(state, deploy=dumped)}
+        return {"deploy": failed_setup, "attempts": [Attempt(iteration=iteration, deploy=failed_setup)]}
     if not ctx.has_services:
         result = DeployResult(ok=True)
-        sandbox: dict[str, Any] | None = None
+        sandbox = None
     else:
         result = ensure_sandbox(state, ctx)
-        sandbox = result.sandbox.model_dump(mode="json") if result.sandbox else state.get("sandbox")
+        sandbox = result.sandbox or state.get("sandbox")
         if result.sandbox:
-            ctx.emit(kind="sandbox", sandbox=SandboxInfo.model_validate(sandbox).name, link=result.sandbox.link)
-    dumped = result.model_dump(mode="json")
-    return {"sandbox": sandbox, "deploy": dumped, "attempts": update_attempt(state, deploy=dumped)}
+            ctx.emit(kind="sandbox", sandbox=result.sandbox.name, link=result.sandbox.link)
+    return {"sandbox": sandbox, "deploy": result, "attempts": [Attempt(iteration=iteration, deploy=result)]}

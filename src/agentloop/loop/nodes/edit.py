@@ -6,19 +6,19 @@ started, so a resumed run repeats exactly one model turn and never stacks a half
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
 
 from agentloop import git
 from agentloop.agent.base import EditTask
 from agentloop.loop.context import RunContext
-from agentloop.loop.nodes._common import budget_spent, update_attempt, usage_of
-from agentloop.loop.state import RunState
-from agentloop.results import Diagnosis, EditResult, Issue, Usage
+from agentloop.loop.nodes._common import budget_spent, run_deadline
+from agentloop.loop.state import Attempt, RunState
+from agentloop.results import Diagnosis, EditResult, Usage
 from agentloop.snapshot import restore_tree, snapshot_tree
 
 
-def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+def run(state: RunState, ctx: RunContext) -> RunState:
     worktree = git.Worktree(ctx.repo, Path(state["worktree"]))
     iteration = state.get("iteration", 1)
     folder = ctx.record.iteration_dir(iteration)
@@ -26,13 +26,13 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     # what an interrupted attempt at this edit already spent still counts against the budget; its calls
     # do not (the replay cursor follows `calls`, and the redone edit makes them again)
     spent_before = _interrupted_spend(folder / INTERRUPTED_SPEND)
-    usage_before = usage_of(state) + spent_before
-    diagnosis = Diagnosis.model_validate(state.get("diagnosis") or {})
+    usage_before = (state.get("usage") or Usage()) + spent_before
+    diagnosis = state.get("diagnosis") or Diagnosis()
     task = EditTask(
         run_id=ctx.run_id,
         worktree=worktree.path,
         repo=ctx.repo,
-        issue=Issue.model_validate(state["issue"]),
+        issue=state["issue"],
         iteration=iteration,
         services={name: svc.path for name, svc in ctx.config.services.items()},
         checks=[s.suite + ": " + s.run for s in ctx.config.suites] + [p.plan for p in ctx.config.plans],
@@ -41,7 +41,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         diff=ctx.redactor.mask(git.diff(worktree, state["base_commit"])) if iteration > 1 else "",
         sandbox_env=_sandbox_env(state),
         usage_so_far=usage_before,
-        deadline=_deadline(state, ctx),
+        deadline=run_deadline(state, ctx),
     )
 
     def on_usage(turn_usage: Usage) -> None:
@@ -59,11 +59,9 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         spent = spent or result.error or "budget spent during the edit"
     elif result.stop_reason == "error":
         spent = f"the model failed: {result.error}"
-    return {
-        "usage": usage.model_dump(mode="json"),
-        "attempts": update_attempt(state, edit=result.model_dump(mode="json"), changed_files=changed),
-        "budget_spent": spent,
-    }
+    # the iteration's entry begins here: its logs are read from the end of its edit on (diagnose)
+    attempt = Attempt(iteration=iteration, edit=result, changed_files=changed, started_at=time.time())
+    return {"usage": usage, "attempts": [attempt], "budget_spent": spent}
 
 
 INTERRUPTED_SPEND = "edit-spend.json"
@@ -75,11 +73,6 @@ def _interrupted_spend(path: Path) -> Usage:
     return Usage.model_validate_json(path.read_text(encoding="utf-8")).model_copy(update={"calls": 0})
 
 
-def _deadline(state: RunState, ctx: RunContext) -> float | None:
-    minutes = ctx.config.agent.budget.minutes
-    return state["started_at"] + minutes * 60 if minutes is not None and "started_at" in state else None
-
-
 def _restart_cleanly(worktree: git.Worktree, marker: Path) -> None:
     if marker.exists():
         restore_tree(worktree, marker.read_text(encoding="utf-8").strip())
@@ -88,17 +81,8 @@ def _restart_cleanly(worktree: git.Worktree, marker: Path) -> None:
 
 
 def _sandbox_env(state: RunState) -> dict[str, str]:
-    import json
+    from agentloop.results import SandboxInfo
+    from agentloop.sandbox.client import client_env
 
     sandbox = state.get("sandbox")
-    if not sandbox:
-        return {}
-    env = {
-        "LOOP_SANDBOX": sandbox["name"],
-        "LOOP_ROUTE_KEY": sandbox["route_key"],
-        "LOOP_ROUTING_HEADERS": json.dumps(sandbox.get("routing_headers") or {}),
-        "LOOP_SANDBOX_URL": sandbox.get("router_url", ""),
-    }
-    for service, url in (sandbox.get("service_urls") or {}).items():
-        env[f"LOOP_URL_{service.upper().replace('-', '_')}"] = url
-    return env
+    return client_env(SandboxInfo.model_validate(sandbox)) if sandbox else {}

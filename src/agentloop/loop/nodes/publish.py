@@ -15,9 +15,9 @@ from agentloop import git
 from agentloop.evidence import is_draft, render_report, write_evidence
 from agentloop.loop.context import RunContext
 from agentloop.loop.nodes._common import step_of
-from agentloop.loop.state import RunState
+from agentloop.loop.state import RunState, as_json
 from agentloop.redact import describe_leaks
-from agentloop.results import EditResult, Issue, PullRequest
+from agentloop.results import PullRequest
 from agentloop.runs.folder import RunStatus
 from agentloop.verdict_words import verdict_word
 
@@ -25,8 +25,8 @@ GITHUB_BODY_LIMIT = 65_536
 
 
 def commit_message(state: RunState, ctx: RunContext) -> str:
-    issue = Issue.model_validate(state["issue"])
-    summaries = [EditResult.model_validate(a["edit"]).summary for a in state.get("attempts", []) if a.get("edit")]
+    issue = state["issue"]
+    summaries = [a["edit"].summary for a in state.get("attempts", []) if "edit" in a]
     last = next((s for s in reversed(summaries) if s.strip()), "")
     return f"Fix #{issue.number}: {issue.title}\n\n{last.strip()[:2000]}\n\nValidated by loop run {ctx.run_id}.".strip()
 
@@ -45,7 +45,8 @@ def finish_record(state: RunState, ctx: RunContext, *, refused: str | None = Non
     if refused is None:
         git.commit_all(worktree, commit_message(state, ctx))
     ctx.record.write_text("diff.patch", git.diff(worktree, state["base_commit"]))
-    final: dict[str, Any] = {**state, "head_commit": git.head(worktree), "status": status}
+    # the evidence reads the state as JSON, with what only this node knows
+    final: dict[str, Any] = {**as_json(state), "head_commit": git.head(worktree), "status": status}
     if refused is not None:
         final.update(status="failed", error=refused)
     return write_evidence(ctx.record.dir, final, redactor=ctx.redactor)
@@ -53,7 +54,7 @@ def finish_record(state: RunState, ctx: RunContext, *, refused: str | None = Non
 
 def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any], *, draft: bool,
                       node: str = "publish") -> PullRequest:
-    issue = Issue.model_validate(state["issue"])
+    issue = state["issue"]
     existing = ctx.forge.find_pull_request(state["branch"])
     if existing is not None:
         return existing
@@ -65,11 +66,11 @@ def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any]
     )
 
 
-def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+def run(state: RunState, ctx: RunContext) -> RunState:
     refused = secrets_added(state, ctx)
     if refused is not None:
         finish_record(state, ctx, refused=refused)
-        ctx.forge.comment(Issue.model_validate(state["issue"]), f"loop run `{ctx.run_id}` stopped: {refused}.",
+        ctx.forge.comment(state["issue"], f"loop run `{ctx.run_id}` stopped: {refused}.",
                           step=step_of(state, ctx, "publish"))
         ctx.emit(kind="failed", reason=refused)
         return {"status": "failed", "error": refused}
@@ -77,7 +78,7 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
     pull = open_pull_request(state, ctx, evidence, draft=is_draft(evidence))
     word = verdict_word(evidence.get("verdict"))
     ctx.forge.comment(
-        Issue.model_validate(state["issue"]),
+        state["issue"],
         f"loop run `{ctx.run_id}` validated a fix against a sandbox (verdict: {word}): {pull.url}"
         if word == "passed" else
         f"loop run `{ctx.run_id}` published a change as a draft (verdict: {word}: nothing failed, but it is not "
@@ -85,4 +86,4 @@ def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
         step=step_of(state, ctx, "publish"),
     )
     ctx.emit(kind="published", url=pull.url, draft=pull.draft)
-    return {"pull_request": pull.model_dump(mode="json"), "status": "published"}
+    return {"pull_request": pull, "status": "published"}

@@ -4,28 +4,25 @@ committed or published)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from agentloop.evidence import render_report
 from agentloop.loop.context import RunContext
 from agentloop.loop.nodes._common import step_of
 from agentloop.loop.nodes.publish import finish_record, open_pull_request, secrets_added
 from agentloop.loop.state import RunState
-from agentloop.results import Issue
 from agentloop.verdict_words import verdict_word
 
 
-def run(state: RunState, ctx: RunContext) -> dict[str, Any]:
+def run(state: RunState, ctx: RunContext) -> RunState:
     refused = secrets_added(state, ctx)
     evidence = finish_record(state, ctx, refused=refused, status="failed")
-    issue = Issue.model_validate(state["issue"])
+    issue = state["issue"]
     reason = state.get("budget_spent") or "validation did not pass"
     if refused is not None:
         reason = f"{reason}; {refused}"
-    update: dict[str, Any] = {"status": "failed", "error": reason}
+    update: RunState = {"status": "failed", "error": reason}
     if ctx.config.forge.draft_on_failure and state.get("attempts") and refused is None:
         pull = open_pull_request(state, ctx, evidence, draft=True, node="report_failure")
-        update["pull_request"] = pull.model_dump(mode="json")
+        update["pull_request"] = pull
     body = render_report(evidence, max_chars=20_000, redactor=ctx.redactor)
     word = verdict_word(evidence.get("verdict"))
     ctx.forge.comment(issue, f"loop run `{ctx.run_id}` stopped (verdict: {word}): {reason}.\n\n{body}",

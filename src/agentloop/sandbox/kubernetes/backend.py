@@ -24,6 +24,7 @@ from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError, DeployError, LoopError
 from agentloop.redact import redact
 from agentloop.results import ForkInfo, SandboxInfo
+from agentloop.sandbox.client import routing_headers, sandbox_env
 from agentloop.sandbox.kubernetes import manifests as mf
 from agentloop.sandbox.kubernetes import routing as proxy
 from agentloop.sandbox.kubernetes.cluster import Cluster
@@ -40,7 +41,6 @@ from agentloop.sandbox.kubernetes.settings import (
     fill_env,
     render,
 )
-from agentloop.sandbox.route_key import fork_env
 
 __all__ = ["KubernetesSandboxBackend", "KubernetesSettings", "ServiceTarget", "plan_yaml"]
 
@@ -110,13 +110,18 @@ class KubernetesSandboxBackend:
 
     # -- plan / create / update -----------------------------------------------------------------
     def plan(self, name: str, forks: dict[str, Path]) -> builtins.list[dict[str, Any]]:
-        """Every object `create` would apply; from `manifests` when given, else read from the cluster."""
+        """Every object `create` would apply; from `manifests` when given, else read from the cluster (an
+        error then says how to plan with no cluster)."""
+        now = time.time()
         if self.settings.manifests:
             baseline = mf.Baseline.from_manifests([self.repo / p for p in self.settings.manifests])
-        else:
+            return self._objects(name, forks, _new_route_key(), now, now + self.config.sandbox.ttl, baseline)
+        try:
             baseline = self._live_baseline(with_routes=True)
-        now = time.time()
-        return self._objects(name, forks, _new_route_key(), now, now + self.config.sandbox.ttl, baseline)
+            return self._objects(name, forks, _new_route_key(), now, now + self.config.sandbox.ttl, baseline)
+        except LoopError as exc:
+            raise LoopError(f"{exc}; or, to plan with no cluster, list the baseline's manifests under "
+                            f"{_FIELD}.manifests") from None
 
     def create(self, name: str, forks: dict[str, Path], *, log_dir: Path | None = None) -> SandboxInfo:
         check_name(name)
@@ -153,7 +158,7 @@ class KubernetesSandboxBackend:
         info = self.get(name)
         if info is None:  # nothing forked: the sandbox is the baseline seen with a route key
             info = SandboxInfo(name=name, backend=self.name, route_key=route_key, created_at=created,
-                               routing_headers=mf.routing_headers(route_key, self.config.sandbox.route_header),
+                               routing_headers=routing_headers(route_key, self.config.sandbox.route_header),
                                link=self._link(name))
         return info
 
@@ -267,7 +272,7 @@ class KubernetesSandboxBackend:
             name, route_key = labels[mf.SANDBOX_LABEL], notes.get(mf.ROUTE_KEY_ANNOTATION, "")
             info = infos.setdefault(name, SandboxInfo(
                 name=name, backend=self.name, route_key=route_key,
-                routing_headers=mf.routing_headers(route_key, self.config.sandbox.route_header),
+                routing_headers=routing_headers(route_key, self.config.sandbox.route_header),
                 created_at=float(notes.get(mf.CREATED_ANNOTATION, 0)),
                 expires_at=float(notes.get(mf.EXPIRES_ANNOTATION, 0)), link=self._link(name)))
             service = labels.get(mf.SERVICE_LABEL, deployment["metadata"]["name"])
@@ -380,7 +385,7 @@ class KubernetesSandboxBackend:
             urls[other] = f"http://{target.service or other}.{ns}.svc.cluster.local:{port}"
         env = {key: fill_env(template, urls, container_port, f"services.{service}.env.{key}")
                for key, template in self.config.services[service].env.items()}
-        return {**env, **fork_env(name, route_key)}
+        return {**env, **sandbox_env(name, route_key)}
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Plain-dict access to the few kinds a Kubernetes sandbox touches, through the real `kubernetes` client.
 
 Objects go in and come out as the API's own JSON (camelCase dicts), so the builders in
-`k8s_manifests` work the same on manifests read from files and on objects read from a cluster.
+`manifests` work the same on manifests read from files and on objects read from a cluster.
 """
 
 from __future__ import annotations

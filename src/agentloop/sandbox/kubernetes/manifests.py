@@ -244,11 +244,6 @@ def route_matches(route_key: str, route_header: str) -> list[Obj]:
     return rk.istio_matches(route_key, route_header, ROUTE_KEY_ENTRY)
 
 
-def routing_headers(route_key: str, route_header: str) -> dict[str, str]:
-    entry = f"{ROUTE_KEY_ENTRY}={route_key}"
-    return {"baggage": entry, "tracestate": entry, route_header: route_key}
-
-
 def route_name(sandbox: str) -> str:
     return f"loop-{sandbox}"
 

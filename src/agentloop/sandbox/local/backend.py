@@ -9,13 +9,13 @@ Layout under `<state_dir>/local/`:
   requests/<key>.jsonl     the router's request log per route key (`_baseline.jsonl` without a key)
 
 Ownership: records remember the `loop` process that made them (`owner_pid`, default this process) and
-the run it worked for (`owner_run`, see `sandbox.owned`), written before any process starts; every fork
+the run it worked for (`owner_run`, see `agentloop.owned`), written before any process starts; every fork
 is recorded (under `starting` until it is healthy, then under `forks`, which the router routes to) as
 soon as it is spawned. `remove` and `baseline_down` also stop processes tagged with the sandbox's name
 (or, for the baseline, any tag of this registry) that a `loop` killed between spawn and record left.
 A baseline whose owner died is taken over by the next `baseline_up` (a resumed run), which then stops it
 when done. `gc` removes a sandbox (or a baseline with no sandboxes left) whose owner died, e.g. a
-SIGKILLed `loop fix` never resumed. Set `owner_pid = None` for things meant to outlive the command
+SIGKILLed `loop fix` never resumed. `detach()` (owner_pid None) for things meant to outlive the command
 (`loop sandbox create`); those live until `rm`, `baseline down` or their TTL.
 
 `create` is all-or-nothing: when a fork fails, the sandbox is removed and DeployError raised.
@@ -43,8 +43,10 @@ from agentloop.confine import project_confinement
 from agentloop.errors import LoopError
 from agentloop.processes import ProcessRecord
 from agentloop.results import ForkInfo, SandboxInfo
+from agentloop.sandbox.client import routing_headers
 from agentloop.sandbox.local import baseline as local_baseline
 from agentloop.sandbox.local import process, services
+from agentloop.sandbox.local.plan import local_plan
 from agentloop.sandbox.local.registry import (
     BaselineRecord,
     Registry,
@@ -52,7 +54,7 @@ from agentloop.sandbox.local.registry import (
     ServiceProcess,
 )
 from agentloop.sandbox.local.stamp import slice_log
-from agentloop.sandbox.router import BASELINE_LOG, SIGNADOT_KEY
+from agentloop.sandbox.router import BASELINE_LOG
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,13 @@ class LocalSandboxBackend:
             "sandboxes": sorted(self.registry.read().sandboxes),
         }
 
+    def detach(self) -> None:
+        self.owner_pid = None
+
     # ---- sandboxes ------------------------------------------------------------------------------
+
+    def plan(self, name: str, forks: dict[str, Path]) -> builtins.list[dict[str, Any]]:
+        return [local_plan(self.config, name, forks, baseline_up=bool(self.baseline_status().get("up")))]
 
     def create(self, name: str, forks: dict[str, Path], *, log_dir: Path | None = None) -> SandboxInfo:
         self._check(name, forks)
@@ -357,7 +365,7 @@ class LocalSandboxBackend:
         key = record.route_key
         return SandboxInfo(
             name=record.name, backend=self.name, route_key=key, router_url=entry, service_urls=urls,
-            routing_headers={"baggage": f"{SIGNADOT_KEY}={key}", self.config.sandbox.route_header: key},
+            routing_headers=routing_headers(key, self.config.sandbox.route_header),
             link=f"{entry}/__loop/preview?key={key}" if entry else None,
             created_at=record.created_at, expires_at=record.expires_at,
             forks={

@@ -1,4 +1,4 @@
-"""The local baseline's processes (part of `LocalSandboxBackend`, local.py): starting it -- its worktree,
+"""The local baseline's processes (part of `LocalSandboxBackend`, backend.py): starting it -- its worktree,
 the router, the services in `depends_on` waves -- stopping everything, and stopping the processes a
 killed `loop` spawned but had not recorded yet (they carry the registry and sandbox as a tag, see stamp.py).
 

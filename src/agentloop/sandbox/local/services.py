@@ -25,9 +25,9 @@ from agentloop import config_rules, processes
 from agentloop.config import ServiceConfig
 from agentloop.confine import Confinement
 from agentloop.errors import ConfigError, DeployError
+from agentloop.sandbox.client import sandbox_env
 from agentloop.sandbox.local import process
 from agentloop.sandbox.local.registry import ServiceProcess
-from agentloop.sandbox.route_key import fork_env
 
 _PLACEHOLDER = re.compile(r"\{(port|database|services\.([\w-]+)\.(url|host|port))\}")
 
@@ -101,7 +101,7 @@ def start(
     if database is not None:
         given["LOOP_DB_PATH"] = database
     if fork_of is not None:
-        given.update(fork_env(*fork_of))
+        given.update(sandbox_env(*fork_of))
     command = expand(service.run, field=f"{prefix}.run", port=port, database=database, router_urls=router_urls)
     if not source.is_dir():
         raise DeployError(f"service {name!r}: source {source} is not a directory", service=name)

@@ -1,18 +1,19 @@
-"""Baseline results per base commit: each suite runs in full at the base commit once per (base commit,
-suite config), and every run and iteration on that commit reads the result.
+"""Base results per base commit: the base run of each suite, in full at the base commit, once per (base
+commit, suite config); every run and iteration on that commit reads the result.
 
-Layout under the state dir: `baseline-results/<commit>/<config hash>/` holds `results.json` (the suite's
-result, when it was computed, the sandbox name and route key the baseline side was given), `full.xml` and
+Layout under the state dir: `base-results/<commit>/<config hash>/` holds `results.json` (the suite's
+result, when it was computed, the sandbox name and route key the base run was given), `full.xml` and
 `full.log` (the runner's report and output) and `full.rerun.*` (the failures rerun once: a test that then
-passes is flaky on the baseline and proves nothing either way).
+passes is flaky in the base run and proves nothing either way). Older versions of loop kept them
+under `baseline-results/` (`OLD_CACHE_DIR`): never read again, only removed by `loop sandbox gc`.
 
 Concurrent runs (a batch runs separate processes) compute an entry once: whoever holds the exclusive
 `fcntl` lock on `<config hash>.lock` reads or computes the entry; the others wait for the lock, then read.
 A run that did not reach a result (a timeout, a crash, no report) is not kept: the next run tries again.
 
 Suites run in a detached worktree of the user's repository at the base commit (never the run's worktree);
-suites with `sandbox: true` get the baseline side's environment (`baseline_view`), so the router serves
-them the baseline's services.
+suites with `sandbox: true` get the base run's environment (`baseline_view`), so the router serves them
+the baseline's services.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from agentloop.config import SuiteConfig
 from agentloop.confine import Confinement
 from agentloop.paths import state_dir
 from agentloop.project_env import ProjectEnv
-from agentloop.results import BaselineSource, SandboxInfo, SuiteResult
-from agentloop.validation.baseline import FLAKY, base_worktree, baseline_view
+from agentloop.results import BaseRunSource, SandboxInfo, SuiteResult
+from agentloop.validation.comparison import FLAKY, base_worktree, baseline_view
 from agentloop.validation.suites import run_suite, safe_name, suite_env
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "baseline-results"
+CACHE_DIR = "base-results"
+OLD_CACHE_DIR = "baseline-results"  # where older versions of loop kept it
 _FORMAT = 1  # bump when what a cached result means changes: older entries are then computed again
 _RESULTS = "results.json"
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -54,18 +56,18 @@ _LOCK_POLL = 0.2
 
 class _Entry(BaseModel):
     format: int
-    source: BaselineSource
+    source: BaseRunSource
     result: SuiteResult
     sandbox_name: str | None = None
     route_key: str | None = None
 
 
 @dataclass
-class FullBaseline:
+class FullBaseRun:
     """One suite's full run at the base commit and where its artifacts are."""
 
     result: SuiteResult
-    source: BaselineSource
+    source: BaseRunSource
     folder: Path
 
     def outcomes(self) -> dict[str, str] | None:
@@ -87,16 +89,16 @@ def config_hash(suite: SuiteConfig, project: ProjectEnv | None = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def full_baselines(
+def full_base_runs(
     suites: Sequence[SuiteConfig], *, repo: Path, base_commit: str, sandbox: SandboxInfo | None,
     confinement: Confinement, out_dir: Path,
-) -> dict[str, FullBaseline]:
+) -> dict[str, FullBaseRun]:
     """Each suite's full result at `base_commit` (suites that need a sandbox only when there is one), read
     from the cache or run now; its report and output are copied to `out_dir` as `<suite>.full.*`."""
     if not _COMMIT.fullmatch(base_commit):
         raise ValueError(f"base commit {base_commit!r} is not a full commit id")
     root = state_dir(repo) / CACHE_DIR / base_commit
-    found: dict[str, FullBaseline] = {}
+    found: dict[str, FullBaseRun] = {}
     with _LazyTree(repo, base_commit, confinement) as tree:
         for suite in suites:
             if suite.sandbox and sandbox is None:
@@ -110,7 +112,7 @@ def full_baselines(
 
 
 def _one(suite: SuiteConfig, *, root: Path, tree: _LazyTree, sandbox: SandboxInfo | None,
-         confinement: Confinement, commit: str) -> FullBaseline:
+         confinement: Confinement, commit: str) -> FullBaseRun:
     digest = config_hash(suite, confinement.project)
     entry = root / digest
     root.mkdir(parents=True, exist_ok=True)
@@ -125,16 +127,16 @@ def _one(suite: SuiteConfig, *, root: Path, tree: _LazyTree, sandbox: SandboxInf
         log.info("running suite %s in full at the base commit %s (once for every run on it)", suite.suite, commit[:12])
         result = _run_full(suite, tree.get(), view, confinement, staging)
         error = result.error if result.ran else (result.error or "not run")
-        source = BaselineSource(suite=suite.suite, commit=commit, config_hash=digest, cached=False,
+        source = BaseRunSource(suite=suite.suite, commit=commit, config_hash=digest, cached=False,
                                 computed_at=started, tests=len(result.tests), error=error)
         record = _Entry(format=_FORMAT, source=source, result=result,
                         sandbox_name=view.name if view else None, route_key=view.route_key if view else None)
         (staging / _RESULTS).write_text(record.model_dump_json(indent=1), encoding="utf-8")
         if error is not None:
             log.warning("suite %s did not run to a result at the base commit: %s", suite.suite, error)
-            return FullBaseline(result, source, staging)
+            return FullBaseRun(result, source, staging)
         os.replace(staging, entry)
-        return FullBaseline(result, source, entry)
+        return FullBaseRun(result, source, entry)
 
 
 def _run_full(suite: SuiteConfig, tree: Path, view: SandboxInfo | None, confinement: Confinement,
@@ -152,18 +154,18 @@ def _run_full(suite: SuiteConfig, tree: Path, view: SandboxInfo | None, confinem
     return result
 
 
-def _read(entry: Path) -> FullBaseline | None:
+def _read(entry: Path) -> FullBaseRun | None:
     path = entry / _RESULTS
     if not path.is_file():
         return None
     try:
         record = _Entry.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, ValidationError) as exc:
-        log.warning("%s: unreadable cached baseline result (%s); running the suite again", path, exc)
+        log.warning("%s: unreadable cached base result (%s); running the suite again", path, exc)
         return None
     if record.format != _FORMAT:
         return None
-    return FullBaseline(record.result, record.source.model_copy(update={"cached": True}), entry)
+    return FullBaseRun(record.result, record.source.model_copy(update={"cached": True}), entry)
 
 
 def _copy_artifacts(folder: Path, out_dir: Path, stem: str) -> None:
@@ -185,7 +187,7 @@ def _locked(path: Path, suite: str) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if not waited:
-                    log.info("waiting for another run computing the baseline results of suite %s", suite)
+                    log.info("waiting for another run computing the base results of suite %s", suite)
                     waited = True
                 time.sleep(_LOCK_POLL)
         try:

@@ -1,5 +1,5 @@
 """`loop batch` of three runs on one base commit: real `loop` processes validating at the same time share
-one full run of the baseline suites (one computes it under the cache's lock, the others wait and read)."""
+one full base run of each suite (one computes it under the cache's lock, the others wait and read)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from batchtest import WEB_APP, batch_record, loop, web_test
 from looptest import MakeRepo, create, git, replace, write_cassette
 
 from agentloop.paths import state_dir
-from agentloop.validation.baseline_cache import CACHE_DIR
+from agentloop.validation.base_results import CACHE_DIR
 
 HEALTH_TEST = '''import json, os, urllib.request
 
@@ -22,7 +22,7 @@ def test_the_web_service_is_healthy():
 '''
 
 
-def test_a_batch_of_three_runs_on_one_base_commit_runs_the_baseline_suites_once(
+def test_a_batch_of_three_runs_on_one_base_commit_runs_each_suite_at_the_base_commit_once(
     make_repo: MakeRepo, tmp_path: Path
 ) -> None:
     issues = {1: "/hello should say hello", 2: "/bye should say goodbye", 3: "/ping should say pong"}
@@ -51,12 +51,12 @@ def test_a_batch_of_three_runs_on_one_base_commit_runs_the_baseline_suites_once(
     assert all(e["verdict"]["proven"] for e in evidence)
     base = git(repo, "rev-parse", "main").strip()
     for suite in ("unit", "all"):
-        sources = [s for e in evidence for s in e["verdict"]["baseline"] if s["suite"] == suite]
+        sources = [s for e in evidence for s in e["verdict"]["base_runs"] if s["suite"] == suite]
         assert sorted(s["cached"] for s in sources) == [False, True, True], (suite, sources)
         assert {s["commit"] for s in sources} == {base} and len({s["computed_at"] for s in sources}) == 1
     entries = [p for p in (state_dir(repo) / CACHE_DIR / base).iterdir() if p.is_dir()]
     assert len(entries) == 2, entries  # one per suite configuration
-    # the runs that read the cache still carry the full baseline report in their evidence
+    # the runs that read the cache still carry the full base run's report in their evidence
     for run in runs:
-        folder = repo / ".loop" / "runs" / run / "iterations" / "1" / "validate" / "baseline"
+        folder = repo / ".loop" / "runs" / run / "iterations" / "1" / "validate" / "base"
         assert "test_the_web_service_is_healthy" in (folder / "all.full.xml").read_text()

@@ -1,14 +1,15 @@
-"""Baseline comparison: what each sandbox result is set against.
+"""The comparison: each sandbox result set against the base run, the same tests at the base commit.
 
-- Every suite's full results at the base commit come from `baseline_cache` (run once per base commit and
+- Every suite's full results at the base commit come from `base_results` (run once per base commit and
   suite config, shared by every run and iteration on that commit).
 - Tests in files the change added or modified run again at the base commit with those files copied in,
   every iteration: a new test shows that it fails without the fix. Only those tests run.
 - A test failing in the sandbox is rerun once there; a pass marks it flaky (shown, not blocking).
-- The baseline side is given the sandbox's environment shape (`baseline_view`): a sandbox name, a route
-  key that no sandbox owns (the router and Istio send unknown keys to the baseline) and the same routing
-  headers carrying that key, so a test can tell the sides apart only by how the services behave.
-- Every plan runs on the baseline too, with the same headers.
+- The base run is given the sandbox's environment shape (`baseline_view`): a sandbox name, a route key
+  that no sandbox owns (the router and Istio send unknown keys to the baseline, the shared services) and
+  the same routing headers carrying that key, so a test can tell the sides apart only by how the services
+  behave.
+- Every plan runs in the base run too, with the same headers.
 """
 
 from __future__ import annotations
@@ -42,21 +43,20 @@ FLAKY = "flaky"
 @dataclass
 class SuiteRun:
     """A suite's config with its result in the sandbox (plans have no config) and what the same tests did
-    on the baseline: `full` from the base commit's whole run (None when there is none), `changed` for the
+    in the base run: `full` from the base commit's whole run (None when there is none), `changed` for the
     tests in files the change touched, run at the base commit with those files copied in."""
 
     result: SuiteResult
     config: SuiteConfig | None = None
-    full: dict[str, str] | None = None  # test name -> outcome (or FLAKY) on the baseline
+    full: dict[str, str] | None = None  # test name -> outcome (or FLAKY) in the base run
     changed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
     comparison: Comparison
-    uncompared: list[str]  # fail in the sandbox, could not be compared with the baseline
+    uncompared: list[str]  # fail in the sandbox, could not be compared with the base run
     own_failures: list[str]  # tests in files the change added or modified that fail in the sandbox
-    baseline_errors: list[str] = field(default_factory=list)  # suites whose baseline run gave no result
 
 
 def label(run: SuiteRun, test: str) -> str:
@@ -64,8 +64,9 @@ def label(run: SuiteRun, test: str) -> str:
 
 
 def baseline_view(sandbox: SandboxInfo) -> SandboxInfo:
-    """The sandbox as the baseline side sees it: another sandbox's name and route key of the same shape,
-    owned by no sandbox, and the same routing headers carrying that key; no forks."""
+    """The sandbox as the base run sees it: another sandbox's name and route key of the same shape, owned
+    by no sandbox (so the router serves the baseline), and the same routing headers carrying that key; no
+    forks."""
     key = _same_shape(sandbox.route_key)
     while key == sandbox.route_key:
         key = _same_shape(sandbox.route_key)
@@ -162,7 +163,7 @@ def compare(runs: Sequence[SuiteRun], changed_tests: Sequence[str]) -> Outcome:
                 elif before in _FAILING:
                     outcome.comparison.preexisting.append(name)
                 elif before == FLAKY:
-                    outcome.comparison.flaky.append(name)  # flaky on the baseline: no claim either way
+                    outcome.comparison.flaky.append(name)  # flaky in the base run: no claim either way
                 else:
                     outcome.uncompared.append(name)
             elif test.outcome == "passed" and run.result.error is None:  # a suite without a result proves nothing
@@ -185,7 +186,7 @@ def base_worktree(repo: Path, base_commit: str, *, copy_from: Path | None = None
     """A temporary detached worktree of the user's repository `repo` at `base_commit`, with `files` of
     `copy_from` (the run's worktree) copied in, or removed where the change removed them. With
     `confinement`, the project's setup steps (its `project`) are brought in first (from the cache).
-    It lives under loop's state dir as the run's (`sandbox.owned`): a killed run's is removed when it is
+    It lives under loop's state dir as the run's (`agentloop.owned`): a killed run's is removed when it is
     resumed, or by `loop sandbox gc`."""
     # never the run's worktree: its `.git` is the agent's to rewrite
     with scratch_worktree(repo, base_commit, prefix="base-") as path:
