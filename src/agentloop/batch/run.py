@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -187,6 +188,11 @@ class BatchExecutor:
             for _, handle in self._running.values():
                 handle.kill()
             self._reap()
+        finally:
+            # Every run has stopped. What follows (the record, gc, stopping a baseline the batch started) takes
+            # seconds and must finish: a Ctrl-C landing in it would leave the baseline running with no owner.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def new_batch(repo: Path, refs: list[str], *, model: str | None, parallel: int) -> BatchRecord:
