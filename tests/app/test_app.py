@@ -11,12 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from forge.fake_github import start_asgi, stop_asgi
+from forge.payloads import INSTALLATION, comment_event, encode, issues_event, ping_event
 
 from agentloop.app.queue import JobQueue
 from agentloop.app.server import AppSettings, create_app, signature_for, verify_signature
-
-from .fake_github import start_asgi, stop_asgi
-from .payloads import INSTALLATION, comment_event, encode, issues_event, ping_event
 
 SECRET = "It's a Secret to Everybody"
 Post = Callable[..., httpx.Response]

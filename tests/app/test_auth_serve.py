@@ -6,12 +6,11 @@ from pathlib import Path
 
 import jwt
 import pytest
+from forge.fake_github import FakeGitHub
 
 from agentloop.app.auth import AppAuth, AppAuthError, load_private_key
 from agentloop.cli.serve import build_app
 from agentloop.errors import ConfigError
-
-from .fake_github import FakeGitHub
 
 
 def test_jwt_is_rs256_backdated_and_short(app_key: tuple[str, str]) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from forge.conftest import SLUG
+from forge.fake_github import FakeGitHub, start_asgi, stop_asgi
+from forge.payloads import INSTALLATION, comment_event, encode, issues_event
 from pydantic import BaseModel
 
 from agentloop.app.auth import AppAuth
@@ -21,10 +24,6 @@ from agentloop.app.queue import Job, JobQueue
 from agentloop.app.server import AppSettings, create_app, signature_for
 from agentloop.app.worker import Worker
 from agentloop.forge.github import GitHubForge
-
-from .conftest import SLUG
-from .fake_github import FakeGitHub, start_asgi, stop_asgi
-from .payloads import INSTALLATION, comment_event, encode, issues_event
 
 SECRET = "webhook-secret-for-input-tests"
 Post = Callable[..., httpx.Response]

@@ -16,6 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from forge.conftest import SLUG
+from forge.fake_github import FakeGitHub, start_asgi, stop_asgi
+from forge.payloads import encode, issues_event
 from looptest import MakeRepo, git
 from pydantic import BaseModel
 
@@ -27,10 +30,6 @@ from agentloop.forge.base import Step
 from agentloop.forge.github import STATUS_MARKER, GitHubForge
 from agentloop.git import Worktree
 from agentloop.results import PullRequest
-
-from .conftest import SLUG
-from .fake_github import FakeGitHub, start_asgi, stop_asgi
-from .payloads import encode, issues_event
 
 SECRET = "webhook-secret-for-tests"
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from forge.conftest import SLUG
+from forge.fake_github import FakeGitHub
 from looptest import create, git, replace, write_cassette
 from pydantic import BaseModel
 
@@ -27,9 +29,6 @@ from agentloop.cleanup import DAY
 from agentloop.cleanup.collect import collect
 from agentloop.forge.github import GitHubForge
 from agentloop.runs.folder import RunSummary
-
-from .conftest import SLUG
-from .fake_github import FakeGitHub
 
 
 class Outcome(BaseModel):

@@ -25,14 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
+from forge.conftest import SLUG
+from forge.fake_github import FakeGitHub, start_asgi, stop_asgi
+from forge.payloads import comment_event, encode, issues_event
 
 from agentloop.app.queue import JobQueue, QueueUnavailable, Work
 from agentloop.app.server import CRASH_POINTS, AppSettings, create_app, signature_for
 from agentloop.errors import ConfigError
-
-from .conftest import SLUG
-from .fake_github import FakeGitHub, start_asgi, stop_asgi
-from .payloads import comment_event, encode, issues_event
 
 SECRET = "webhook-secret-for-durability"
 PG = "postgresql://postgres@127.0.0.1:5432/test"

@@ -25,14 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
+from forge.conftest import SLUG
+from forge.fake_github import FakeGitHub
+from forge.payloads import encode, issues_event
 from looptest import MakeRepo, create, git, replace, write_cassette
 
 from agentloop.app.server import signature_for
 from agentloop.forge.github import STATUS_MARKER
-
-from .conftest import SLUG
-from .fake_github import FakeGitHub
-from .payloads import encode, issues_event
 
 SECRET = "webhook-secret-for-the-kill-test"
 CALC = "def add(a, b):\n    return a - b\n"
