@@ -4,7 +4,11 @@
 #   loop batch --label bug --executor kubernetes --image registry.example.com/loop:<tag>
 # The Job gives the repository URL, the issue and the run id as arguments; the keys (ANTHROPIC_API_KEY,
 # GITHUB_TOKEN) and LOOP_DATABASE_URL come from a Kubernetes Secret (envFrom).
-FROM python:3.11-slim
+#
+# The `serve` target is the GitHub App (`loop serve` on port 8080, health-checked on /healthz):
+#   docker build --target serve -t registry.example.com/loop-serve:$(git rev-parse --short HEAD) .
+# deploy/ runs it on Kubernetes (see docs/github.md).
+FROM python:3.11-slim AS loop
 
 # git: worktrees, commits, pushes; bubblewrap: confines the agent's commands; bash: the Job's entry script
 RUN apt-get update \
@@ -26,3 +30,16 @@ ENV LOOP_EXAMPLES=/opt/loop/examples \
 WORKDIR /home/loop
 ENTRYPOINT []
 CMD ["loop", "--help"]
+
+# `loop serve`: the GitHub App's webhook endpoint and its workers. The queue is SQLite under the state
+# directory unless `--queue postgresql://...` is given (deploy/ passes LOOP_DATABASE_URL).
+FROM loop AS serve
+ENV LOOP_STATE_DIR=/home/loop/state
+EXPOSE 8080
+# python-slim has no curl: the check is the image's own Python asking the server it runs
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+CMD ["loop", "serve", "--host", "0.0.0.0", "--port", "8080"]
+
+# The default target (built without --target) stays the Job image above.
+FROM loop AS job

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install system-deps lint typecheck bench clean
+.PHONY: demo test install system-deps test-deps lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -26,11 +26,21 @@ system-deps:
 	    echo "warning: bubblewrap (bwrap) not found; install it (apt-get install bubblewrap) to confine agent-written code"; \
 	  fi; }
 
+# Debian's chromium drives the run pages' browser tests (tests/pages); without it those tests skip.
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "warning: could not install chromium; the run pages' browser tests will skip"; \
+	  else \
+	    echo "warning: chromium not found; the run pages' browser tests will skip (apt-get install chromium)"; \
+	  fi; }
+
 demo: $(STAMP) system-deps
 	$(BIN)/loop demo
 
 # Four workers: most of a test's time is spent waiting on real services and processes, not on a core.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist worksteal
 
 lint: $(STAMP)

@@ -120,7 +120,7 @@ def test_a_failed_run_reads_back_field_by_field(make_repo: MakeRepo, tmp_path: P
     assert evidence["run"]["branch"] == evidence["repository"]["branch"] == summary["branch"] == f"loop/1-{outcome.run_id}"
     assert evidence["run"]["stopped_because"] == summary["message"] == "iteration budget spent: 1 of 1 (agent.max_iterations)"
     assert evidence["run"]["iterations"] == 1 and evidence["iterations"][0]["changed_files"] == ["calc.py", "tests/test_add.py"]
-    assert evidence["verdict"]["word"] == "failed" and evidence["pull_request"] is None
+    assert evidence["verdict"]["word"] == "failed" and evidence["pull_request"]["draft"]  # its draft stays one
     assert evidence["verdict"]["reasons"][0] == "failed: 1 suite; 1 passed, 1 failed"
     _assert_counts_are_the_junit_files(outcome.run_dir, evidence, report)
     assert report[0] == "## ❌ Failed after 1 iteration — failed: 1 suite; 1 passed, 1 failed"

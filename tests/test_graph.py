@@ -83,7 +83,7 @@ def test_spent_iteration_budget_reports_failure_with_evidence(make_repo: MakeRep
     assert outcome.status == "failed"
     assert "iteration budget spent" in outcome.message
     assert [n for n, _ in _events(outcome.run_dir)][-2:] == ["diagnose", "report_failure"]
-    assert outcome.pull_request is None
+    assert outcome.pull_request is not None and outcome.pull_request.draft  # opened after the deploy, still a draft
     evidence = json.loads((outcome.run_dir / "evidence.json").read_text())
     assert evidence["verdict"]["passed"] is False
     comments = list((repo / ".git" / "loop" / "comments").glob("1.md"))

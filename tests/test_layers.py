@@ -19,7 +19,7 @@ RANKS: dict[str, int] = {
     "validation": 2,
     "evidence": 3,
     "loop": 4,
-    "batch": 5, "app": 5, "doctor": 5, "init": 5, "cleanup": 5,
+    "batch": 5, "app": 5, "doctor": 5, "init": 5, "cleanup": 5, "pages": 5,
     "cli": 6,
 }
 ROOMS = set(RANKS) - {"ground"}

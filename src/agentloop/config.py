@@ -172,6 +172,9 @@ class ForgeConfig(_Strict):
 class SandboxConfig(_Strict):
     backend: Literal["local", "kubernetes"] = "local"
     ttl: float = Field(default=7200.0, gt=0, description="Seconds before `gc` removes a sandbox.")
+    review_ttl_hours: float | None = Field(
+        default=None, gt=0, description="Hours a published run's sandbox is kept for its pull request's review "
+        "(refreshed by each review iteration). Unset: 24 with the GitHub forge, not kept with the local one.")
     route_header: Annotated[str, AfterValidator(config_rules.header_name)] = Field(
         default="x-loop-route", description="The project's own route-key header.")
     kubernetes: dict[str, Any] | None = None

@@ -84,6 +84,8 @@ class TestCaseResult(BaseModel):
     duration: float = 0.0
     message: str = ""
     flaky: bool = False
+    file: str | None = Field(default=None, description="The JUnit `file` attribute, when the report has it.")
+    line: int | None = Field(default=None, description="The JUnit `line` attribute, when the report has it.")
 
 
 class SuiteResult(BaseModel):

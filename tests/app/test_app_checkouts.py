@@ -173,7 +173,8 @@ def test_a_real_run_keeps_its_record_and_leaves_no_worktree(
     assert _worktrees(dirs.git) == [str(dirs.git)], "a job or run worktree outlived the job"
     assert not dirs.job(job.id).exists() and not dirs.run_worktree(done.run_id).exists()
     [status] = github.comments_on(SLUG, 7)
-    assert f"loop:run={done.run_id} step=publish:1" in status["body"] and status["edits"] == 1
+    # edited twice: when the draft opened after the first deploy (its link), and at publish
+    assert f"loop:run={done.run_id} step=publish:1" in status["body"] and status["edits"] == 2
 
 
 def _stale_layout(github: FakeGitHub, tmp_path: Path, app_key: tuple[str, str]) -> tuple[Worker, RepoDirs]:

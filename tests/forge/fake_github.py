@@ -27,6 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .fake_github_checks import FakeChecks
+from .fake_github_reviews import FakeReviews
+
 
 def start_asgi(app: Any, lifespan: str = "on") -> tuple[uvicorn.Server, threading.Thread, str]:
     """Serve `app` with uvicorn on a free loopback port in a thread; returns (server, thread, base URL)."""
@@ -67,7 +70,7 @@ class Seen:
     body: str
 
 
-class FakeGitHub:
+class FakeGitHub(FakeChecks, FakeReviews):  # + pull request updates, GraphQL, check runs; reviews
     def __init__(self, root: Path, *, app_public_key: str | None = None, app_id: str = "42"):
         self.root = root
         self.repos: dict[str, FakeRepo] = {}
@@ -142,6 +145,8 @@ class FakeGitHub:
             Route(api + "/issues/comments/{cid:int}", self._edit_comment, methods=["PATCH"]),
             Route(api + "/pulls", self._pulls, methods=["GET", "POST"]),
             Route("/git/{path:path}", self._git, methods=["GET", "POST"]),
+            *self.checks_routes(api),
+            *self.reviews_routes(api),
         ])
 
     async def _record(self, request: Request) -> Response | None:

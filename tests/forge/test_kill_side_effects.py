@@ -84,7 +84,7 @@ def test_local_forge_killed_after_each_side_effect_of_a_published_run(make_repo:
     run_id, last = _killed_at_each(repo, tmp_path / "c.json", ["comment:intake", "pull:publish", "comment:publish"])
 
     assert last.returncode == 0 and _status(repo, run_id) == "published", last.stdout + last.stderr
-    assert _local_comments(repo) == ["intake:0", "publish:1"]  # one comment per step
+    assert _local_comments(repo) == ["intake:0", "validate:1", "publish:1"]  # one comment per step
     [pull] = _pulls(repo)
     assert pull["branch"] == f"loop/7-{run_id}" and not pull["draft"]
     body = (state_dir(repo) / "pulls" / f"{pull['number']}.md").read_text()
@@ -99,7 +99,7 @@ def test_local_forge_killed_after_each_side_effect_of_a_failed_run(make_repo: Ma
     run_id, _ = _killed_at_each(repo, tmp_path / "c.json", ["pull:report_failure", "comment:report_failure"])
 
     assert _status(repo, run_id) == "failed"
-    assert _local_comments(repo) == ["intake:0", "report_failure:1"]
+    assert _local_comments(repo) == ["intake:0", "validate:1", "report_failure:1"]
     [pull] = _pulls(repo)
     assert pull["draft"] and pull["branch"] == f"loop/7-{run_id}"
 
@@ -142,7 +142,7 @@ def test_github_killed_after_each_side_effect_of_a_published_run(
     ours = [c for c in github.comments_on(SLUG, 7) if c is not spoofed[0]]
     assert len(ours) == 1, [c["body"][:200] for c in ours]  # the run's one status comment...
     assert "step=publish:1 -->" in ours[0]["body"] and pull["html_url"] in ours[0]["body"]
-    assert ours[0]["edits"] == 1  # ...posted by intake, edited once by publish, never posted twice
+    assert ours[0]["edits"] == 2  # ...posted by intake, edited by validate (the draft) and publish, never twice
     assert spoofed[0]["edits"] == 0 and "trust me" in spoofed[0]["body"]
 
 
@@ -158,4 +158,4 @@ def test_github_killed_after_each_side_effect_of_a_failed_run(
     assert pull["draft"] and pull["head"]["ref"] == f"loop/7-{run_id}"
     assert _pushes(github) == 1
     [status] = github.comments_on(SLUG, 7)
-    assert f"loop:run={run_id} step=report_failure:1 -->" in status["body"] and status["edits"] == 1
+    assert f"loop:run={run_id} step=report_failure:1 -->" in status["body"] and status["edits"] == 2

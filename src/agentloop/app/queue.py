@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Accepted", "Job", "JobQueue", "JobStatus", "QueueUnavailable", "Work"]
 
-JobStatus = Literal["queued", "running", "published", "failed", "error", "interrupted", "cancelled"]
+JobStatus = Literal["queued", "running", "published", "failed", "error", "interrupted", "cancelled", "done"]
 Outcome = Literal["queued", "busy", "ignored", "stopped", "redelivery"]
 _JOB_ROW = "(?, ?, ?, ?, ?, 'queued', 0, '', ?, ?)"
 _COLUMNS = (
@@ -57,7 +57,8 @@ class Job(BaseModel):
 
 @dataclass(frozen=True)
 class Work:
-    """What a delivery asks for: `action` ("fix", "retry", "stop") on one issue."""
+    """What a delivery asks for: `action` ("fix", "retry", "stop") on one issue, or ("review", "close", "stop")
+    on a run's pull request (`issue` is then the pull request's number; see `review_events`)."""
 
     action: str
     repo: str

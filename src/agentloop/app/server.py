@@ -27,7 +27,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from agentloop.app.events import (
     MAX_DEPTH,
@@ -39,6 +40,7 @@ from agentloop.app.events import (
     parse_event,
 )
 from agentloop.app.queue import JobQueue, QueueUnavailable, Work
+from agentloop.app.review_events import REVIEW_EVENTS, on_pull_request, review_command
 from agentloop.app.writer import DeliveryWriter
 from agentloop.errors import ConfigError
 from agentloop.forge.github import STATUS_MARKER
@@ -95,8 +97,10 @@ class Runs(Protocol):
     def cancel(self, repo: str, issue: int) -> bool: ...
 
 
-def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = None) -> Starlette:
-    """The ASGI app. With a worker (pool), it runs for the app's lifetime."""
+def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = None,
+               pages: ASGIApp | None = None) -> Starlette:
+    """The ASGI app. With a worker (pool), it runs for the app's lifetime; `pages` (the run pages) is
+    mounted at /ui."""
     crash_at = _crash_point()
 
     writer = DeliveryWriter(queue, step=crash_at)
@@ -121,7 +125,7 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = Non
     async def _handle(event: str, delivery: str | None, body: bytes) -> Response:
         if event == "ping":
             return _AsciiJSON({"ok": True, "zen": "pong"})
-        if event not in ("issues", "issue_comment"):
+        if event not in ("issues", "issue_comment", *REVIEW_EVENTS):
             reason = f"event {event or '(none)'!r} is not one loop acts on"
             log.info("delivery %s ignored: %s", delivery, reason)
             return _AsciiJSON({"ignored": reason}, status_code=202)
@@ -173,6 +177,7 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = Non
             Route("/", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/runs", runs, methods=["GET"]),
+            *([Mount("/ui", pages)] if pages is not None else []),
         ],
         lifespan=lifespan,
     )
@@ -229,6 +234,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _command(event: str, payload: dict[str, Any], settings: AppSettings) -> tuple[str, str, int, int | None] | str:
     """(action, repo, issue, installation id) to act on, or the reason to ignore the delivery."""
+    if on_pull_request(event, payload):  # a run's pull request: review iterations, its end (review_events)
+        try:
+            return review_command(event, payload, app_slug=settings.app_slug, trusted=TRUSTED)
+        except PayloadError as exc:
+            raise _Reject(422, str(exc)) from None
     if event == "issues":
         issues: IssuesEvent = _parse(IssuesEvent, payload)
         installation = issues.installation.id if issues.installation else None

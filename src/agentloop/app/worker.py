@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from agentloop.app import checkout
 from agentloop.app.queue import Job, JobQueue, JobStatus
+from agentloop.app.review_jobs import PULL_ACTIONS, default_review, run_pull_job, sandbox_kept
 from agentloop.errors import LoopError
 from agentloop.forge.base import Step
 from agentloop.forge.github import GitHubForge
@@ -101,6 +102,7 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.run_fix = run_fix or _default_fix
         self.run_resume = run_resume or _default_resume
+        self.run_review: RunFn = default_review  # tests replace it, as run_fix and run_resume
         self.owner = owner or default_owner(workdir)
         self.poll_seconds = poll_seconds
         self.forge_options = forge_options or {}
@@ -206,6 +208,8 @@ class Worker:
         self, job: Job, forge: GitHubForge, issue: Issue, cancel: threading.Event
     ) -> tuple[JobStatus, str, str | None, str | None]:
         dirs = self._repo_dirs(job)
+        if job.action in PULL_ACTIONS:  # a run's pull request: a review iteration, or its end
+            return run_pull_job(job, forge, dirs, cancel=cancel, run_review=self.run_review)
         path = checkout.job_checkout(dirs, job.id, forge, refresh=not job.run_id)
         if not (path / "loop.yaml").is_file():
             forge.comment(issue, MISSING_CONFIG, step=Step(f"job-{job.id}", "worker"))
@@ -237,9 +241,12 @@ class Worker:
         return checkout.repo_dirs(self.workdir, job.repo)
 
     def _release(self, job: Job, run_id: str | None) -> None:
-        """The job is done: its worktrees go (best effort: `loop sandbox gc --app-workdir` finishes it)."""
+        """The job is done: its worktrees go (best effort: `loop sandbox gc --app-workdir` finishes it), but
+        not the worktree of a run whose sandbox is kept for its review: the sandbox's forks run from it."""
         try:
-            checkout.release(self._repo_dirs(job), job.id, run_id)
+            dirs = self._repo_dirs(job)
+            kept = run_id is not None and sandbox_kept(dirs.runs / run_id)
+            checkout.release(dirs, job.id, None if kept else run_id)
         except Exception:  # the job's end is recorded; a leftover worktree is gc's
             log.warning("job %s: could not remove its worktrees", job.id, exc_info=True)
 

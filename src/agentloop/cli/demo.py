@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from agentloop.config import PolicyConfig
 from agentloop.confine import ALLOW_UNCONFINED_ENV, Confinement
 from agentloop.examples import examples_dir, make_demo_repo
 from agentloop.loop.runner import RunOutcome, fix
+from agentloop.paths import state_dir
 
 SCRIPTED_NOTE = (
     "The agent's edits are [bold]scripted[/bold] (a recorded transcript replayed, no API key needed);\n"
@@ -41,6 +43,18 @@ def run_demo(*, model: str | None, directory: Path | None, console: Console) -> 
     if report.exists():
         head = "\n".join(report.read_text(encoding="utf-8").splitlines()[:12])
         console.print(Panel(head, title="pull request body (first lines)", expand=False))
+    _show_home(outcome, repo, console)
     console.print(f"Look closer: `loop show {outcome.run_id} --repo {repo}`, `loop verify {outcome.run_id} --repo {repo}`,"
                   f" `git -C {repo} log --oneline --all`")
     return outcome
+
+
+def _show_home(outcome: RunOutcome, repo: Path, console: Console) -> None:
+    """The run's pull request (a draft until proven) and its check runs, as the local forge keeps them."""
+    if outcome.pull_request is not None:
+        state = "a draft" if outcome.pull_request.draft else "ready for review"
+        console.print(f"pull request ({state}): {outcome.pull_request.url}")
+    for path in sorted((state_dir(repo) / "checks").glob(f"{outcome.run_id}-*.json")):
+        check = json.loads(path.read_text(encoding="utf-8"))
+        console.print(f"check run `{check['name']}` on {str(check['head_sha'])[:12]}: {check['status']}, "
+                      f"{check.get('conclusion')} ({path})")

@@ -329,15 +329,22 @@ def demo(
 
 
 def _mount_subcommands() -> None:
+    from agentloop.cli.app import app as app_app
     from agentloop.cli.doctor import doctor
     from agentloop.cli.init import init
     from agentloop.cli.plan import app as plan_app
+    from agentloop.cli.review import iterate
     from agentloop.cli.sandbox import app as sandbox_app
     from agentloop.cli.serve import serve
+    from agentloop.cli.ui import ui
 
     app.add_typer(sandbox_app, name="sandbox", help="Baseline and sandboxes: up, create, ls, logs, rm, gc.")
     app.add_typer(plan_app, name="plan", help="Run a plan of governed steps against a sandbox.")
+    app.add_typer(app_app, name="app", help="Set the GitHub App up: `loop app manifest`.")
     app.command("serve", help="The GitHub App: webhooks in, runs out.")(serve)
+    app.command("iterate", help="Another iteration of a published run on review feedback, to its pull request.")(
+        iterate)
+    app.command("ui", help="Browse this repository's runs in a web page on 127.0.0.1.")(ui)
     app.command("doctor", help="Check that `loop fix` can run here, one line per check with what to do.")(doctor)
     app.command("init", help="Write a commented loop.yaml guessed from this repository's files.")(init)
 

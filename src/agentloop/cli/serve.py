@@ -68,7 +68,10 @@ def build_app(
         model=model or source.get("LOOP_MODEL") or None, jobs=jobs,
         env={**os.environ, "GITHUB_APP_ID": app_id, "GITHUB_APP_PRIVATE_KEY": key},
     )
-    return create_app(AppSettings(webhook_secret=secret, label=label, max_body=MAX_BODY), jobs, pool)
+    from agentloop.cli.ui import app_pages  # the run pages at /ui, opened with a token (README "Run pages")
+
+    return create_app(AppSettings(webhook_secret=secret, label=label, max_body=MAX_BODY), jobs, pool,
+                      pages=app_pages(repos, source))
 
 
 def serve(

@@ -1,6 +1,6 @@
 """The forge protocol the intake and publish nodes see, the optional capabilities a forge may also have
-(`ListsIssues`, `HoldsSecrets`; asked with `isinstance`, never by the forge's class), and the marks that
-make its side effects idempotent.
+(`ListsIssues`, `HoldsSecrets`, `DraftsPullRequests`, `RunsChecks`; asked with `isinstance`, never by
+the forge's class), and the marks that make its side effects idempotent.
 
 Every comment and pull request a run makes carries its `Step` (run and node:iteration) as a hidden HTML
 comment, so that a run killed right after posting and then resumed finds what it already made and edits
@@ -13,8 +13,8 @@ import logging
 import os
 import re
 import signal
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
 
 from agentloop.git import Worktree
 from agentloop.results import Issue, PullRequest
@@ -58,6 +58,17 @@ def after_side_effect(what: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class ReviewNote:
+    """One piece of review feedback on a run's pull request: an inline comment (file and line), a review's
+    body or a `/loop <text>` comment. Untrusted text, like an issue's."""
+
+    author: str
+    body: str
+    path: str | None = None
+    line: int | None = None
+
+
 class Forge(Protocol):
     kind: str
 
@@ -98,4 +109,54 @@ class HoldsSecrets(Protocol):
 
     def secret_values(self) -> list[str]:
         """The values never to show (raise LoopError when they are not available yet)."""
+        ...
+
+
+@runtime_checkable
+class DraftsPullRequests(Protocol):
+    """A forge whose pull request is the run's home: opened as a draft (`Forge.publish(draft=True)`) after
+    the first deploy, its body rewritten after each iteration, marked ready for review only when proven."""
+
+    def update_pull_request(self, pull: PullRequest, *, body: str, ready: bool, step: Step | None = None
+                            ) -> PullRequest:
+        """Rewrite the body (carrying `step`'s marker) and, when `ready`, mark a draft ready for review
+        (never the other way). Repeating it is harmless: a resumed run does."""
+        ...
+
+
+CHECK_NAME = "loop / validation"
+Conclusion = Literal["success", "failure", "neutral"]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A failing test at its file and line, as a check run shows it on the diff."""
+
+    path: str
+    line: int
+    title: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What a finished check run says: its conclusion, a title, the summary (markdown) and annotations."""
+
+    conclusion: Conclusion
+    title: str
+    summary: str
+    annotations: list[Annotation] = field(default_factory=list)
+
+
+@runtime_checkable
+class RunsChecks(Protocol):
+    """A forge that can show the run's validation as a check run (`CHECK_NAME`) on the head commit."""
+
+    def start_check(self, head_sha: str, *, step: Step) -> str | None:
+        """The check run in progress on `head_sha` (the one `step` already made, found again on resume);
+        None when this forge cannot make checks (a token without the permission): never an error."""
+        ...
+
+    def finish_check(self, check_id: str, report: CheckReport) -> None:
+        """Complete the check run with `report` (logged, never raised, when the forge refuses)."""
         ...

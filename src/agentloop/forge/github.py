@@ -26,6 +26,8 @@ from agentloop import git as loopgit
 from agentloop.config import LoopConfig
 from agentloop.errors import ConfigError, IssueNotFound, LoopError
 from agentloop.forge.base import Step, after_side_effect
+from agentloop.forge.github_checks import ChecksMixin
+from agentloop.forge.github_pulls import PullsMixin
 from agentloop.redact import redact
 from agentloop.results import Issue, PullRequest
 
@@ -53,7 +55,7 @@ def slug_from_remote(url: str) -> str | None:
     return match.group("slug") if match else None
 
 
-class GitHubForge:
+class GitHubForge(PullsMixin, ChecksMixin):  # pull request updates and check runs: github_*.py
     kind = "github"
 
     def __init__(

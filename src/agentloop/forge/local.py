@@ -1,17 +1,20 @@
 """The local forge: issues are `.loop/issues/<n>.md` in the repository; a pull request is the run's
 branch in the repository plus a record (`<state>/pulls/<n>.json` and its body) on disk; comments are
 appended to `<state>/comments/<n>.md`, each ending with its step's marker, so a resumed run that finds
-the marker there does not post that comment again."""
+the marker there does not post that comment again. The pull request's draft flag is in its record;
+a check run is `<state>/checks/<run>-<node>-<iteration>.json`, named by its step so a resumed run finds it."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
 from pathlib import Path
 
 from agentloop.errors import IssueNotFound
-from agentloop.forge.base import Step, after_side_effect
+from agentloop.forge.base import CHECK_NAME, CheckReport, Step, after_side_effect
 from agentloop.git import Worktree, head
 from agentloop.inputs import read_text
 from agentloop.paths import state_dir
@@ -29,6 +32,7 @@ class LocalForge:
         self.repo = repo
         self._pulls = state_dir(repo) / "pulls"
         self._comments = state_dir(repo) / "comments"
+        self._checks = state_dir(repo) / "checks"
 
     def get_issue(self, number: int) -> Issue:
         path = self.repo / ISSUES_DIR / f"{number}.md"
@@ -71,6 +75,35 @@ class LocalForge:
             pull = self._claim(pull, body)
         after_side_effect(f"pull:{step.node}" if step else "pull")
         return pull
+
+    def update_pull_request(self, pull: PullRequest, *, body: str, ready: bool, step: Step | None = None
+                            ) -> PullRequest:
+        current = self.find_pull_request(pull.branch) or pull
+        if current.number is None:
+            raise ValueError(f"{pull.branch}: no pull request to update")
+        updated = current.model_copy(update={"draft": current.draft and not ready})
+        updated = self._write(current.number, updated, f"{step.marker}\n{body}" if step else body)
+        after_side_effect(f"pull:{step.node}" if step else "pull")
+        return updated
+
+    def start_check(self, head_sha: str, *, step: Step) -> str:
+        check_id = f"{step.run}-{step.node}-{step.iteration}"
+        path = self._checks / f"{check_id}.json"
+        if not path.exists():
+            self._checks.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, json.dumps({"id": check_id, "name": CHECK_NAME, "head_sha": head_sha,
+                                                "status": "in_progress", "conclusion": None,
+                                                "external_id": step.marker}, indent=2))
+            after_side_effect(f"check:{step.node}")
+        return check_id
+
+    def finish_check(self, check_id: str, report: CheckReport) -> None:
+        path = self._checks / f"{check_id}.json"
+        check = json.loads(path.read_text(encoding="utf-8"))
+        check.update(status="completed", conclusion=report.conclusion, output={
+            "title": report.title, "summary": report.summary,
+            "annotations": [dataclasses.asdict(a) for a in report.annotations]})
+        _write_atomically(path, json.dumps(check, indent=2))
 
     def _write(self, number: int, pull: PullRequest, body: str) -> PullRequest:
         body_path = self._pulls / f"{number}.md"

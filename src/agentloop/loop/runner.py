@@ -31,6 +31,7 @@ from agentloop.forge.local import parse_issue_file
 from agentloop.loop.context import ProgressCallback, RunContext
 from agentloop.loop.graph import build_graph
 from agentloop.loop.nodes.intake import branch_name
+from agentloop.loop.review_sandbox import keep_for_review
 from agentloop.loop.state import SERDE, RunState, as_json, typed
 from agentloop.paths import repo_root, runs_dir, worktrees_dir
 from agentloop.redact import Redactor
@@ -239,7 +240,7 @@ def _load_issue(forge: Forge, ref: str | None, issue_file: Path | None) -> Issue
 
 
 @contextmanager
-def _checkpointer(record: RunFolder) -> Iterator[BaseCheckpointSaver[Any]]:
+def checkpointer(record: RunFolder) -> Iterator[BaseCheckpointSaver[Any]]:
     url = database_url()
     if url:  # shared checkpoints: a run started in a Kubernetes Job resumes anywhere
         with postgres_checkpointer(url, serde=SERDE) as saver:
@@ -276,7 +277,7 @@ def _drive_owned(
             ctx.emit(kind="node", node="baseline", event="start", iteration=0)
             started = baseline.enter_context(hold_baseline(ctx))
             ctx.emit(kind="node", node="baseline", event="end", iteration=0, outcome="started" if started else "up")
-        with _checkpointer(ctx.record) as saver:
+        with checkpointer(ctx.record) as saver:
             graph = build_graph(saver, review=review)
             if resuming and graph.get_state(config).values:
                 initial = None  # continue from the last checkpoint
@@ -289,6 +290,7 @@ def _drive_owned(
                 status = state.get("status", "error")
                 message = state.get("error") or ""
     except (KeyboardInterrupt, RunInterrupted):
+        ctx.cancel.set()  # a node still running in one of LangGraph's worker threads stops at its next check
         status, message = "interrupted", f"stopped; `loop resume {ctx.run_id}` continues from the last step"
     except LoopError as exc:
         status, message = "error", str(exc)
@@ -296,8 +298,8 @@ def _drive_owned(
         ctx.record.write_text("error.txt", traceback.format_exc())
         status, message = "error", f"internal error: {type(exc).__name__}: {exc} (details: {ctx.record.dir / 'error.txt'})"
     finally:
-        _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, baseline=baseline)
-        if not ctx.keep_sandbox:  # the forks are gone: their logs can be rewritten with the run's known values masked
+        kept = _cleanup(ctx, state, baseline=baseline)
+        if not kept:  # the forks are gone: their logs can be rewritten with the run's known values masked
             ctx.redactor.mask_tree(ctx.record.dir / "logs")
             if status == "published":
                 _remove_worktree(ctx)
@@ -308,9 +310,9 @@ def finish(ctx: RunContext, state: RunState, *, status: RunStatus, message: str,
            baseline: ExitStack) -> RunOutcome:
     """What a run does after its graph, for a graph driven elsewhere (LangGraph Server): stop what it
     started (`baseline` holds what `hold_baseline` entered), then record how it ended."""
-    _cleanup(ctx, remove_sandbox=not ctx.keep_sandbox, baseline=baseline)
+    kept = _cleanup(ctx, state, baseline=baseline)
     owned.release(owned.run_owner(ctx.repo, ctx.run_id))
-    if not ctx.keep_sandbox:
+    if not kept:
         ctx.redactor.mask_tree(ctx.record.dir / "logs")
         if status == "published":
             _remove_worktree(ctx)
@@ -347,15 +349,18 @@ def hold_baseline(ctx: RunContext) -> AbstractContextManager[bool]:
     return baseline_held(ctx.backend, stop_if=lambda: not ctx.backend.list() and not _other_runs_alive(ctx))
 
 
-def _cleanup(ctx: RunContext, *, remove_sandbox: bool, baseline: ExitStack) -> None:
+def _cleanup(ctx: RunContext, state: RunState, *, baseline: ExitStack) -> bool:
+    """Stop what the run started; True when its sandbox (and worktree) stay: kept, or under review."""
+    kept = keep_for_review(ctx, state)
     if not ctx.has_services or ctx._backend is None:
-        return
+        return kept
     try:
-        if remove_sandbox and ctx.backend.get(ctx.run_id) is not None:
+        if not kept and ctx.backend.get(ctx.run_id) is not None:
             ctx.backend.remove(ctx.run_id)
         baseline.close()  # after the sandbox is gone: see hold_baseline
     except BaseException:  # a second Ctrl-C, or a failure: the run's outcome is still recorded; gc finishes
         log.warning("cleanup of run %s did not finish; run `loop sandbox gc`", ctx.run_id, exc_info=True)
+    return kept
 
 
 def _remove_worktree(ctx: RunContext) -> None:

@@ -81,6 +81,16 @@ class Detachable(Protocol):
         ...
 
 
+@runtime_checkable
+class Extendable(Protocol):
+    """A backend that can keep a sandbox past the run that made it: a published run's, for its review."""
+
+    def extend(self, name: str, until: float) -> SandboxInfo | None:
+        """Keep sandbox `name` until `until` (epoch seconds), owned by no process (gc removes it only once
+        it expires, or `remove`); None when there is no such sandbox."""
+        ...
+
+
 def _always() -> bool:
     return True
 

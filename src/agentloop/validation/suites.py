@@ -221,7 +221,12 @@ def _case_result(case: TestCase, secrets: Collection[str]) -> TestCaseResult:
         name=_case_name(case), outcome=outcome,  # type: ignore[arg-type]
         duration=round(float(case.time or 0.0), 3),
         message=redact(message, extra=secrets)[:_MESSAGE_CHARS],
+        file=case._elem.get("file") or None, line=_number(case._elem.get("line")),
     )
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 def _case_name(case: TestCase) -> str:

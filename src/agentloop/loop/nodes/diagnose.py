@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from agentloop.loop.context import RunContext
+from agentloop.loop.nodes import _home
 from agentloop.loop.nodes._common import budget_spent, current_attempt
 from agentloop.loop.state import Attempt, RunState
 from agentloop.validation.logs import diagnose
@@ -25,6 +26,7 @@ def run(state: RunState, ctx: RunContext) -> RunState:
         out_dir=ctx.record.iteration_dir(iteration),
         redactor=ctx.redactor,
     )
+    _home.report_deploy_failure(state, ctx)  # the run's draft says this iteration never got to its tests
     update: RunState = {"diagnosis": diagnosis,
                         "attempts": [Attempt(iteration=iteration, diagnosis=diagnosis, ended_at=time.time())]}
     spent = budget_spent(state, ctx, between_iterations=True)

@@ -1,4 +1,6 @@
-"""publish: one commit on the run's branch, the evidence report as the PR body, a comment on the issue.
+"""publish: the evidence report as the PR body (the run's draft, opened after its first deploy, marked
+ready for review when proven), a comment on the issue. Each validated iteration is one commit on the
+run's branch (made before validating it); publish commits what is left, if anything.
 
 Safe to repeat (a resumed run): the commit is made only when the worktree has changes, and an existing
 pull request for the branch is returned instead of opening a second one.
@@ -8,11 +10,13 @@ neither committed nor published: the run ends failed, naming the file and line (
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from agentloop import git
 from agentloop.evidence import is_draft, render_report, write_evidence
+from agentloop.forge.base import DraftsPullRequests
 from agentloop.loop.context import RunContext
 from agentloop.loop.nodes._common import step_of
 from agentloop.loop.state import RunState, as_json
@@ -25,10 +29,13 @@ GITHUB_BODY_LIMIT = 65_536
 
 
 def commit_message(state: RunState, ctx: RunContext) -> str:
+    """The commit of each validated iteration (made before validating it, see `_home`), or of the run."""
     issue = state["issue"]
     summaries = [a["edit"].summary for a in state.get("attempts", []) if "edit" in a]
     last = next((s for s in reversed(summaries) if s.strip()), "")
-    return f"Fix #{issue.number}: {issue.title}\n\n{last.strip()[:2000]}\n\nValidated by loop run {ctx.run_id}.".strip()
+    by = f"Iteration {state.get('iteration') or 1} of loop run {ctx.run_id}" if state.get("iteration") else \
+        f"Loop run {ctx.run_id}"
+    return f"Fix #{issue.number}: {issue.title}\n\n{last.strip()[:2000]}\n\n{by}.".strip()
 
 
 def secrets_added(state: RunState, ctx: RunContext) -> str | None:
@@ -54,16 +61,21 @@ def finish_record(state: RunState, ctx: RunContext, *, refused: str | None = Non
 
 def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any], *, draft: bool,
                       node: str = "publish") -> PullRequest:
+    """Open the pull request, or (the run's draft, opened after its first deploy) give it the evidence as
+    its body and mark it ready for review unless `draft`."""
     issue = state["issue"]
     existing = ctx.forge.find_pull_request(state["branch"])
-    if existing is not None:
-        return existing
     body = render_report(evidence, max_chars=GITHUB_BODY_LIMIT - 1000, redactor=ctx.redactor)
-    return ctx.forge.publish(
-        worktree=git.Worktree(ctx.repo, Path(state["worktree"])), branch=state["branch"],
-        title=f"Fix #{issue.number}: {issue.title}", body=body, draft=draft, issue=issue,
-        step=step_of(state, ctx, node),
-    )
+    if existing is not None and not isinstance(ctx.forge, DraftsPullRequests):
+        return existing
+    worktree, step = git.Worktree(ctx.repo, Path(state["worktree"])), step_of(state, ctx, node)
+    pull = ctx.forge.publish(worktree=worktree, branch=state["branch"], title=f"Fix #{issue.number}: {issue.title}",
+                             body=body, draft=existing.draft if existing else draft, issue=issue, step=step)
+    if existing is None or not isinstance(ctx.forge, DraftsPullRequests):
+        return pull
+    if not re.search(rf"(?i)\b(fixes|closes|resolves) #{issue.number}\b", body):
+        body = f"{body.rstrip()}\n\nFixes #{issue.number}\n"
+    return ctx.forge.update_pull_request(pull, body=body, ready=not draft, step=step)
 
 
 def run(state: RunState, ctx: RunContext) -> RunState:

@@ -1,11 +1,13 @@
 """validate: every suite and plan against the sandbox, compared with the base run. The verdict, not
-the model, decides whether the work is done."""
+the model, decides whether the work is done. Around it, the run's draft pull request and its check run
+(`_home`): opened or updated before, told the verdict after."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from agentloop.loop.context import RunContext
+from agentloop.loop.nodes import _home
 from agentloop.loop.nodes.deploy import ensure_sandbox
 from agentloop.loop.state import Attempt, RunState
 from agentloop.results import Verdict
@@ -25,6 +27,7 @@ def run(state: RunState, ctx: RunContext) -> RunState:
                     "attempts": [Attempt(iteration=iteration, deploy=redeploy, verdict=failed)]}
         if redeploy.sandbox is not None:
             sandbox = update["sandbox"] = redeploy.sandbox
+    pull, check = _home.open_home(state, ctx)
     verdict = run_validation(
         config=ctx.config,
         worktree=Path(state["worktree"]),
@@ -38,4 +41,7 @@ def run(state: RunState, ctx: RunContext) -> RunState:
     # `policy.secrets` and the forge's token, so its records (logs, JUnit, plan steps) get a last pass
     ctx.redactor.mask_tree(ctx.record.iteration_dir(iteration) / "validate")
     ctx.emit(kind="verdict", iteration=iteration, passed=verdict.passed, reasons=verdict.reasons)
+    pull = _home.report_iteration(state, ctx, verdict, pull, check)
+    if pull is not None:
+        update["pull_request"] = pull
     return {**update, "verdict": verdict, "attempts": [Attempt(iteration=iteration, verdict=verdict)]}

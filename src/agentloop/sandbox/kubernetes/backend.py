@@ -307,6 +307,10 @@ class KubernetesSandboxBackend:
         return slice_log(self._cluster, pods, since=since, until=until)
 
     # -- removal ----------------------------------------------------------------------------------
+    def extend(self, name: str, until: float) -> SandboxInfo | None:
+        from agentloop.sandbox.kubernetes.expiry import extend
+        return self.get(name) if extend(self._cluster, name, until) else None
+
     def remove(self, name: str) -> None:
         selector = f"{mf.SANDBOX_LABEL}={name}"
         for kind in ("Deployment", "Service"):

@@ -125,6 +125,14 @@ class LocalSandboxBackend:
     def detach(self) -> None:
         self.owner_pid = None
 
+    def extend(self, name: str, until: float) -> SandboxInfo | None:
+        with self.registry.edit() as data:
+            record = data.sandboxes.get(name)
+            if record is not None:  # no owner: it outlives the run's process (gc's "owner gone" skips it)
+                record.expires_at, record.owner = until, None
+            baseline = data.baseline
+        return None if record is None else self._info(record, baseline)
+
     # ---- sandboxes ------------------------------------------------------------------------------
 
     def plan(self, name: str, forks: dict[str, Path]) -> builtins.list[dict[str, Any]]:
