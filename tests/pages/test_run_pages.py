@@ -16,8 +16,8 @@ from run_pages_helpers import HOSTILE_LOG, HOSTILE_TEST, HOSTILE_TITLE, loop_ui,
 
 from agentloop.app.queue import JobQueue
 from agentloop.app.server import AppSettings, create_app
-from agentloop.pages.access import ALL_RUNS, make_token, run_page_url
 from agentloop.pages.web import PagesSettings, create_pages_app
+from agentloop.run_links import ALL_RUNS, make_token, run_page_url
 
 SECRET = b"pages-test-secret"
 

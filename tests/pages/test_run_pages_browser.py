@@ -20,8 +20,8 @@ from forge.fake_github import start_asgi, stop_asgi
 from looptest import MakeRepo
 from run_pages_helpers import loop_ui, review_run, wait_for
 
-from agentloop.pages.access import make_token
 from agentloop.pages.web import PagesSettings, create_pages_app
+from agentloop.run_links import make_token
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install "

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from forge.fake_github import start_asgi, stop_asgi
 
-from agentloop.pages.access import ALL_RUNS, make_token
 from agentloop.pages.web import PagesSettings, create_pages_app
+from agentloop.run_links import ALL_RUNS, make_token
 from agentloop.runs.folder import RunSummary
 from agentloop.runs.store import RunStore
 

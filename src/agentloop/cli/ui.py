@@ -15,9 +15,9 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Mount, Route
 
 from agentloop.errors import ConfigError
-from agentloop.pages.access import MOUNT, SECRET_ENV, pages_secret
 from agentloop.pages.web import PagesSettings, create_pages_app
 from agentloop.paths import repo_root, runs_dir
+from agentloop.run_links import MOUNT, SECRET_ENV, pages_secret
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -33,7 +33,7 @@ def ui_app(runs_root: Path, secret: bytes | None = None) -> Starlette:
 
 def app_pages(repos: Path, env: Mapping[str, str]) -> Starlette:
     """The pages `loop serve` mounts at /ui: every repository's runs under its workdir (`<owner>/<name>/runs`),
-    each page opened only with a token (`agentloop.pages.access`)."""
+    each page opened only with a token (`agentloop.run_links`)."""
     key = pages_secret(env)
     if key is None:
         raise ConfigError(f"{SECRET_ENV} or GITHUB_WEBHOOK_SECRET must be set to sign the run pages' links")

@@ -19,9 +19,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from agentloop.pages import render
-from agentloop.pages.access import make_token, token_allows
 from agentloop.pages.actions import AlreadyAnswered, Answer, answer_review
 from agentloop.pages.data import RunRoots, all_runs, load_run
+from agentloop.run_links import make_token, token_allows
 
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "

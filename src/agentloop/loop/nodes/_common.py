@@ -7,6 +7,7 @@ from agentloop.forge.base import Step
 from agentloop.loop.context import RunContext
 from agentloop.loop.state import Attempt, RunState
 from agentloop.results import Usage
+from agentloop.run_links import run_page_url
 
 
 def current_attempt(state: RunState) -> Attempt:
@@ -39,3 +40,12 @@ def budget_spent(state: RunState, ctx: RunContext, usage: Usage | None = None, *
         ctx.config.agent, usage or state.get("usage") or Usage(), deadline=run_deadline(state, ctx),
         iteration=state.get("iteration", 1) if between_iterations else None,
     )
+
+
+def with_run_page(body: str, run_id: str) -> str:
+    """`body` with a link to the run's page when loop serves pages (LOOP_PUBLIC_URL and a pages secret set).
+    Added after masking: its token opens this run's page only, and a secret scanner would take it for a JWT."""
+    url = run_page_url(run_id)
+    if url is None:
+        return body
+    return f"{body.rstrip()}\n\n**Run page:** {url} (verdict, timeline, diffs, tests and logs)\n"

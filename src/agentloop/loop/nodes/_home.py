@@ -25,7 +25,7 @@ from pathlib import Path
 from agentloop import git
 from agentloop.forge.base import Annotation, CheckReport, Conclusion, DraftsPullRequests, RunsChecks
 from agentloop.loop.context import RunContext
-from agentloop.loop.nodes._common import step_of
+from agentloop.loop.nodes._common import step_of, with_run_page
 from agentloop.loop.nodes.publish import commit_message, secrets_added
 from agentloop.loop.state import RunState
 from agentloop.results import PullRequest, SuiteResult, TestCaseResult, Verdict
@@ -95,7 +95,8 @@ def status_body(state: RunState, ctx: RunContext, word: str, verdict: Verdict | 
     if verdict is not None:
         lines += [results_table(verdict.results), ""] + [f"- {reason}" for reason in verdict.reasons[:20]]
     lines += ["", "The evidence replaces this text when the run ends.", "", f"Fixes #{issue.number}"]
-    return ctx.redactor.mask("\n".join(lines))
+    return with_run_page(ctx.redactor.mask("\n".join(lines)), ctx.run_id)
+
 
 
 def check_report(verdict: Verdict, ctx: RunContext) -> CheckReport:

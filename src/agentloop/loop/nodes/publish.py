@@ -18,7 +18,7 @@ from agentloop import git
 from agentloop.evidence import is_draft, render_report, write_evidence
 from agentloop.forge.base import DraftsPullRequests
 from agentloop.loop.context import RunContext
-from agentloop.loop.nodes._common import step_of
+from agentloop.loop.nodes._common import step_of, with_run_page
 from agentloop.loop.state import RunState, as_json
 from agentloop.redact import describe_leaks
 from agentloop.results import PullRequest
@@ -65,7 +65,7 @@ def open_pull_request(state: RunState, ctx: RunContext, evidence: dict[str, Any]
     its body and mark it ready for review unless `draft`."""
     issue = state["issue"]
     existing = ctx.forge.find_pull_request(state["branch"])
-    body = render_report(evidence, max_chars=GITHUB_BODY_LIMIT - 1000, redactor=ctx.redactor)
+    body = with_run_page(render_report(evidence, max_chars=GITHUB_BODY_LIMIT - 1000, redactor=ctx.redactor), ctx.run_id)
     if existing is not None and not isinstance(ctx.forge, DraftsPullRequests):
         return existing
     worktree, step = git.Worktree(ctx.repo, Path(state["worktree"])), step_of(state, ctx, node)
