@@ -8,9 +8,11 @@ backend of the App's clone, against the loopback GitHub (REST, reviews, `git htt
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,7 +24,8 @@ from looptest import MakeRepo, create, git, replace, write_cassette
 from test_graph import WEB_APP, WEB_TEST
 
 from agentloop.app.checkout import RepoDirs
-from agentloop.app.queue import JobQueue
+from agentloop.app.queue import Job, JobQueue
+from agentloop.app.review_jobs import default_review
 from agentloop.app.server import AppSettings, create_app, signature_for
 from agentloop.paths import state_dir
 from agentloop.sandbox.local.registry import Registry
@@ -112,11 +115,9 @@ def test_a_redelivered_review_runs_once(hook: tuple[str, JobQueue]) -> None:
     assert [job.action for job in queue.jobs()] == ["review"]
 
 
-def test_a_review_iterates_on_the_same_pull_request_and_closing_it_removes_the_sandbox(
-    serve: Callable[..., App], github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path,  # noqa: F811
-    app_key: tuple[str, str], caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG)
+def _published(serve: Callable[..., App], github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path,  # noqa: F811
+               app_key: tuple[str, str]) -> tuple[App, Job, dict[str, Any], Registry, Path]:
+    """A run the App published, its sandbox kept for the review: (app, job, pull, registry, run worktree)."""
     runner = pytest.importorskip("agentloop.loop.runner")
     config = {"services": {"web": {"path": "web", "run": "python3 web/app.py --port {port}", "health": "/healthz",
                                    "ready_timeout": 10}},
@@ -134,11 +135,20 @@ def test_a_review_iterates_on_the_same_pull_request_and_closing_it_removes_the_s
     job = app.wait(app.open_issue(), timeout=180)
     assert job.status == "published", job.message
     [pull] = github.repos[SLUG].pulls
-    branch, first_head = pull["head"]["ref"], github.branch_sha(SLUG, pull["head"]["ref"])
     registry = Registry(state_dir(tmp_path / "work" / "acme" / "shop" / "git") / "local")
     assert job.run_id in registry.read().sandboxes, "the published run's sandbox was not kept for its review"
     run_worktree = RepoDirs(tmp_path / "work" / "acme" / "shop").run_worktree(str(job.run_id))
     assert (run_worktree / ".git").exists(), "the kept sandbox's forks run from the run's worktree"
+    return app, job, pull, registry, run_worktree
+
+
+def test_a_review_iterates_on_the_same_pull_request_and_closing_it_removes_the_sandbox(
+    serve: Callable[..., App], github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path,  # noqa: F811
+    app_key: tuple[str, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app, job, pull, registry, run_worktree = _published(serve, github, make_repo, tmp_path, app_key)
+    branch, first_head = pull["head"]["ref"], github.branch_sha(SLUG, pull["head"]["ref"])
 
     # a non-member's request does nothing; a member's inline comment and `/loop fix` start iteration 2
     github.add_review_comment(SLUG, pull["number"], "Say why in a comment.", path="web/app.py", line=12)
@@ -174,3 +184,42 @@ def test_a_review_iterates_on_the_same_pull_request_and_closing_it_removes_the_s
     assert done.status == "done", done.message
     assert job.run_id not in registry.read().sandboxes
     assert not run_worktree.exists()
+
+
+
+@pytest.mark.parametrize("webhook", [True, False], ids=["close-webhook-here", "closed-on-github-only"])
+def test_closing_the_pull_request_during_its_review_job_removes_the_sandbox_when_the_job_ends(
+    serve: Callable[..., App], github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path,  # noqa: F811
+    app_key: tuple[str, str], webhook: bool,
+) -> None:
+    """The close's webhook reaches this server (it stops the review job), or another one (the job goes on
+    to its end): either way the job sees the pull request closed when it ends and removes the sandbox."""
+    app, job, pull, registry, run_worktree = _published(serve, github, make_repo, tmp_path, app_key)
+    github.add_review_comment(SLUG, pull["number"], "Say why in a comment.", path="web/app.py", line=12)
+    started, closed = threading.Event(), threading.Event()
+
+    def review_until_closed(*args: Any, **kwargs: Any) -> Any:
+        started.set()  # the review job is running when the pull request is closed
+        assert closed.wait(120), "the test never closed the pull request"
+        if webhook:
+            return default_review(*args, **kwargs)
+        return SimpleNamespace(status="published", message="iteration 2 pushed", pull_request=None)
+
+    app.worker.run_review = review_until_closed
+    answer = _send(app.url, "issue_comment", pull_comment("/loop fix", number=pull["number"]))
+    review = app.queue.get(answer.json()["queued"])
+    assert review is not None and started.wait(120)
+
+    head = github.branch_sha(SLUG, pull["head"]["ref"])
+    pull["state"] = "closed"  # as GitHub has it when it sends the webhook
+    if webhook:
+        closing = _send(app.url, "pull_request", closed_event(pull["head"]["ref"], number=pull["number"]))
+        assert "closing" in closing.json(), closing.text
+    closed.set()
+    review = app.wait(review, timeout=180)
+
+    assert job.run_id not in registry.read().sandboxes, f"the sandbox outlived the close: {review.message}"
+    assert not run_worktree.exists()
+    assert "the pull request was closed meanwhile" in review.message
+    if webhook:  # the close stopped the iteration: nothing more was pushed to the closed pull request
+        assert review.status == "interrupted" and github.branch_sha(SLUG, pull["head"]["ref"]) == head

@@ -132,6 +132,13 @@ class FakeGitHub(FakeChecks, FakeReviews):  # + pull request updates, GraphQL, c
                               capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else None
 
+    def follow_head(self, repo: FakeRepo, pull: dict[str, Any]) -> dict[str, Any]:
+        """An open pull request's head is its branch's tip, as on GitHub: a push to the branch moves it."""
+        sha = self.branch_sha(repo.slug, pull["head"]["ref"]) if pull["state"] == "open" else None
+        if sha is not None:
+            pull["head"]["sha"] = sha
+        return pull
+
     # -- the server --------------------------------------------------------------------------------
 
     def _app(self) -> Starlette:
@@ -258,7 +265,7 @@ class FakeGitHub(FakeChecks, FakeReviews):  # + pull request updates, GraphQL, c
         if request.method == "GET":
             head, state = request.query_params.get("head", ""), request.query_params.get("state", "open")
             found = [p for p in repo.pulls if f"{repo.slug.split('/')[0]}:{p['head']['ref']}" == head or not head]
-            return JSONResponse([p for p in found if state == "all" or p["state"] == state])
+            return JSONResponse([self.follow_head(repo, p) for p in found if state == "all" or p["state"] == state])
         data = json.loads(await request.body())
         sha = self.branch_sha(repo.slug, data["head"])
         if sha is None:

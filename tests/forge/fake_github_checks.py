@@ -34,6 +34,7 @@ class FakeChecks:
         async def _guard(self, request: Request) -> tuple[Response | None, FakeRepo | None]: ...
         async def _record(self, request: Request) -> Response | None: ...
         def _authorized(self, request: Request) -> bool: ...
+        def follow_head(self, repo: FakeRepo, pull: dict[str, Any]) -> dict[str, Any]: ...
 
     @property
     def check_runs(self) -> list[dict[str, Any]]:
@@ -69,7 +70,7 @@ class FakeChecks:
             data = json.loads(await request.body())
             pull.update({k: v for k, v in data.items() if k in ("title", "body", "state")})
             pull["edits"] = pull.get("edits", 0) + 1
-        return JSONResponse(pull)
+        return JSONResponse(self.follow_head(repo, pull))
 
     async def _graphql(self, request: Request) -> Response:
         failed = await self._record(request)

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from looptest import MakeRepo, create, replace, write_cassette
 
+from agentloop.errors import RunInterrupted
 from agentloop.forge.base import CHECK_NAME, Annotation, CheckReport, Step
 from agentloop.forge.github import GitHubForge
 from agentloop.forge.github_pulls import graphql_url
 from agentloop.loop.nodes._home import failure_location
-from agentloop.loop.runner import fix
+from agentloop.loop.runner import fix, resume
 from agentloop.paths import state_dir
 from agentloop.results import TestCaseResult
 
@@ -104,6 +105,64 @@ def test_a_failed_run_stays_a_draft_and_its_check_fails_with_annotations_without
     assert PLANTED not in everything, "the planted secret reached GitHub"
     [status] = github.comments_on(SLUG, 7)
     assert pull["html_url"] in status["body"] and "stopped" in status["body"]
+
+
+def test_a_validation_that_crashes_completes_its_check_with_the_error_masked(
+    github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CALC_KEY", PLANTED)
+
+    def crashing_runner(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"the suite runner fell over holding {PLANTED}\nsecond line")
+
+    monkeypatch.setattr("agentloop.validation.run_suite", crashing_runner)
+    outcome, _ = _github_run(github, make_repo, tmp_path, FIXED, config={"policy": {"secrets": ["CALC_KEY"]}})
+
+    assert outcome.status == "error", outcome.message
+    [check] = github.check_runs
+    assert (check["status"], check["conclusion"]) == ("completed", "failure"), "the check was left in progress"
+    assert "RuntimeError: the suite runner fell over" in check["output"]["summary"]
+    assert "second line" not in check["output"]["summary"]
+    [pull] = github.repos[SLUG].pulls
+    assert pull["draft"] and "validation stopped (RuntimeError" in pull["body"]
+    assert PLANTED not in json.dumps([github.check_runs, github.repos[SLUG].pulls]), "the secret reached GitHub"
+
+
+def test_an_interrupted_validation_leaves_its_check_in_progress_for_the_resume(
+    github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise RunInterrupted("stopped by /loop stop")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("agentloop.validation.run_suite", stopped)
+        outcome, _ = _github_run(github, make_repo, tmp_path, FIXED)
+    assert outcome.status == "interrupted", outcome.message
+    assert [c["status"] for c in github.check_runs] == ["in_progress"]
+
+    forge = GitHubForge(SLUG, api_url=github.api_url, token=github.token, backoff=0)
+    again = resume(outcome.run_dir.parents[2], outcome.run_id, forge=forge)  # the run is in <repo>/.loop/runs
+
+    assert again.status == "published", again.message
+    [check] = github.check_runs  # the resumed step completed the check it had started
+    assert (check["status"], check["conclusion"]) == ("completed", "success")
+
+
+def test_a_second_iterations_check_runs_on_the_new_head_commit(
+    github: FakeGitHub, make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    outcome, _ = _github_run(github, make_repo, tmp_path, [NOT_FIXED[0], [replace("calc.py", "return a * b", "return a + b")]],
+                             config={"agent": {"max_iterations": 2}})
+
+    assert outcome.status == "published", outcome.message
+    [pull] = github.repos[SLUG].pulls
+    forge = GitHubForge(SLUG, api_url=github.api_url, token=github.token, backoff=0)
+    found = forge.find_pull_request(pull["head"]["ref"])
+    head = github.branch_sha(SLUG, pull["head"]["ref"])
+    assert found is not None and found.head_commit == head
+    first, second = github.check_runs
+    assert (first["conclusion"], second["conclusion"]) == ("failure", "success")
+    assert second["head_sha"] == head and first["head_sha"] != head
 
 
 def test_a_token_without_checks_still_publishes_and_says_so_once(

@@ -5,6 +5,10 @@ The job's issue number is the pull request's. The run is found from the pull req
 A review job reads the members' feedback written since the run's last pass ended (inline comments with
 file and line, reviews, `/loop <text>`) and runs the next iteration on it (`agentloop.loop.review`),
 which pushes to the same pull request. A close job removes the run's sandbox and worktree.
+
+A close that arrives while a review job of the pull request is queued or running finds the pull request
+busy: the server asks the running job to stop (as `/loop stop` does), and the review job, seeing the pull
+request closed on GitHub -- before iterating, or once its iteration ends -- removes the sandbox itself.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def default_review(*args: Any, **kwargs: Any) -> Any:
 def run_pull_job(job: Job, forge: GitHubForge, dirs: checkout.RepoDirs, *, cancel: threading.Event,
                  run_review: Callable[..., Any]) -> Result:
     """(status, message, run id, pull request url) of a review or close job."""
-    from agentloop.loop.review_sandbox import remove_review_sandbox, run_of_branch
+    from agentloop.loop.review_sandbox import run_of_branch
 
     pull = pull_request(forge, job.issue)
     branch = str((pull.get("head") or {}).get("ref") or "")
@@ -62,11 +66,8 @@ def run_pull_job(job: Job, forge: GitHubForge, dirs: checkout.RepoDirs, *, cance
     if run_id is None or not (dirs.runs / run_id / "run.json").is_file():
         return "failed", f"#{job.issue} is not the pull request of a run of this App (branch {branch!r})", None, None
     path = checkout.job_checkout(dirs, job.id, forge, refresh=True)
-    if job.action == "close":
-        removed = remove_review_sandbox(path, run_id, runs_root=dirs.runs)
-        log.info("%s#%s closed: sandbox of run %s %s", job.repo, job.issue, run_id,
-                 "removed" if removed else "already gone")
-        return "done", "pull request closed: " + ("sandbox removed" if removed else "no sandbox left"), run_id, None
+    if job.action == "close" or pull.get("state") == "closed":  # a review queued before the close: no iteration
+        return "done", "pull request closed: " + _remove(job, path, run_id, dirs), run_id, None
     try:
         since = open_run(dirs.runs, run_id).summary().ended_at
     except LoopError:
@@ -78,4 +79,25 @@ def run_pull_job(job: Job, forge: GitHubForge, dirs: checkout.RepoDirs, *, cance
     status: JobStatus = outcome.status if outcome.status in ("published", "failed", "error", "interrupted") \
         else "error"
     url = outcome.pull_request.url if outcome.pull_request else None
-    return status, str(outcome.message), run_id, url
+    message = str(outcome.message)
+    if _closed_meanwhile(forge, job.issue):  # its close found this job running: it stopped it, the end is here
+        message += "; the pull request was closed meanwhile: " + _remove(job, path, run_id, dirs)
+    return status, message, run_id, url
+
+
+def _remove(job: Job, path: Path, run_id: str, dirs: checkout.RepoDirs) -> str:
+    from agentloop.loop.review_sandbox import remove_review_sandbox
+
+    removed = remove_review_sandbox(path, run_id, runs_root=dirs.runs)
+    log.info("%s#%s closed: sandbox of run %s %s", job.repo, job.issue, run_id, "removed" if removed else "already gone")
+    return "sandbox removed" if removed else "no sandbox left"
+
+
+def _closed_meanwhile(forge: GitHubForge, number: int) -> bool:
+    """Whether the pull request is closed now (GitHub is the record: the close's webhook may have reached
+    another server, or this one before a restart). Unknown counts as open: the sandbox's TTL ends it then."""
+    try:
+        return pull_request(forge, number).get("state") == "closed"
+    except Exception as exc:  # noqa: BLE001 -- the review's outcome stands whatever GitHub answers now
+        log.warning("%s#%s: could not tell whether it was closed: %s", forge.repo_slug, number, type(exc).__name__)
+        return False

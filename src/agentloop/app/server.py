@@ -144,6 +144,11 @@ def create_app(settings: AppSettings, queue: JobQueue, worker: Runs | None = Non
         if accepted.outcome == "stopped":
             running = await run_in_threadpool(worker.cancel, work.repo, work.issue) if worker else False
             return _AsciiJSON({"stopped": bool(accepted.cancelled) or running}, status_code=202)
+        if accepted.job is None and work.action == "close":  # the review job in its way ends it (review_jobs)
+            running = await run_in_threadpool(worker.cancel, work.repo, work.issue) if worker else False
+            log.info("%s#%s closed during its review job (%s): the job removes the sandbox when it ends",
+                     work.repo, work.issue, "stopping it" if running else "queued")
+            return _AsciiJSON({"closing": "after the job of this pull request"}, status_code=202)
         if accepted.job is None:
             log.info("%s#%s: a run is already queued or running; nothing new started", work.repo, work.issue)
             return _AsciiJSON({"ignored": "a run for this issue is already queued or running"}, status_code=202)

@@ -14,14 +14,16 @@ import re
 import time
 from pathlib import Path
 
-from agentloop.config import load_config
+from agentloop.config import LoopConfig, load_config
 from agentloop.errors import LoopError
 from agentloop.loop.context import RunContext
 from agentloop.loop.state import RunState
 from agentloop.paths import runs_dir, worktrees_dir
 from agentloop.redact import Redactor
+from agentloop.results import SandboxInfo
 from agentloop.runs.folder import open_run
 from agentloop.sandbox.base import Extendable
+from agentloop.sandbox.factory import open_backend
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,33 @@ def run_of_branch(branch: str) -> str | None:
     """The run id of a run's branch `loop/<issue>-<run>` (None for any other branch)."""
     match = _BRANCH.fullmatch(branch)
     return match.group(1) if match else None
+
+
+def review_hours(config: LoopConfig) -> float | None:
+    """How long a published run's sandbox is kept for review: `sandbox.review_ttl_hours`, else 24 h with the
+    GitHub forge; None (not kept) with the local forge unless set."""
+    hours = config.sandbox.review_ttl_hours
+    if hours is None and config.forge.kind != "local":
+        hours = DEFAULT_REVIEW_TTL_HOURS
+    return hours
+
+
+def refresh_on_use(repo: Path, info: SandboxInfo) -> SandboxInfo:
+    """A sandbox kept for review that someone uses (a preview from the run page) lives another review period
+    from now. Refreshed only once less than half of that period is left, so that a page loading many files
+    does not rewrite the sandbox registry on every request. A failure leaves the sandbox as it was."""
+    config = load_config(repo)
+    hours = review_hours(config)
+    if hours is None or not info.expires_at or info.expires_at - time.time() > hours * 1800:
+        return info
+    backend = open_backend(repo, config)
+    if not isinstance(backend, Extendable):
+        return info
+    try:
+        return backend.extend(info.name, time.time() + hours * 3600) or info
+    except (LoopError, OSError):
+        log.warning("could not refresh the review sandbox %s", info.name, exc_info=True)
+        return info
 
 
 def keep_for_review(ctx: RunContext, state: RunState) -> bool:
@@ -48,11 +77,9 @@ def keep_for_review(ctx: RunContext, state: RunState) -> bool:
     backend = ctx.backend
     if not isinstance(backend, Extendable):
         return False
-    hours = ctx.config.sandbox.review_ttl_hours
+    hours = review_hours(ctx.config)
     if hours is None:
-        if ctx.config.forge.kind == "local":
-            return False  # a local pull request has no reviewer to open its sandbox: stop what the run started
-        hours = DEFAULT_REVIEW_TTL_HOURS
+        return False  # a local pull request has no reviewer to open its sandbox: stop what the run started
     until = time.time() + hours * 3600
     try:
         info = backend.extend(ctx.run_id, until)
@@ -75,7 +102,6 @@ def remove_review_sandbox(repo: Path, run_id: str, *, runs_root: Path | None = N
     """The pull request of run `run_id` was closed or merged: its sandbox and worktree go, and the logs its
     forks wrote are masked now that nothing writes them. True when a sandbox was removed."""
     from agentloop import git
-    from agentloop.sandbox.factory import open_backend
 
     config = load_config(repo)
     removed = False

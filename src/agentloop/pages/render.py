@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from agentloop.pages.data import Iteration, RunView
+from agentloop.pages.preview import SandboxState
 from agentloop.pages.timeline import CATEGORIES, build_timeline, timeline_svg
 from agentloop.runs.folder import RunSummary
 
@@ -135,7 +136,23 @@ def _review(view: RunView, action_token: str | None, base: str) -> str:
             "Reject</button></form></section>")
 
 
-def run_page(view: RunView, base: str, token: str | None, action_token: str | None) -> str:
+def _sandbox(sandbox: SandboxState | None, base: str, run_id: str, token: str | None) -> str:
+    if sandbox is None:
+        return ""
+    info = sandbox.info
+    if info is None:
+        text = _e(sandbox.reason) if sandbox.state == "none" else f"sandbox: <b>{_e(sandbox.state)}</b> ({_e(sandbox.reason)})"
+        return f'<p class="sandbox {_e(sandbox.state)}">{text}</p>'
+    run_base = f"{base}/runs/{quote(run_id, safe='')}/preview"
+    previews = " ".join(f'<a class="preview" href="{_e(_with_token(f"{run_base}/{quote(s, safe=str())}/", token))}">'
+                        f"preview {_e(s)}</a>" for s in info.forks)
+    return (f'<p class="sandbox up">sandbox: <b>up</b> until {_e(_when(info.expires_at))} · forks '
+            f"{_e(', '.join(info.forks) or '-')} · route key <code>{_e(info.route_key)}</code></p>"
+            + (f"<p>{previews}</p>" if previews else ""))
+
+
+def run_page(view: RunView, base: str, token: str | None, action_token: str | None,
+             sandbox: SandboxState | None = None) -> str:
     s = view.summary
     timeline = build_timeline(view.run_dir, view.events)
     legend = "".join(f'<span style="background:{colour}"></span>{_e(name)}' for name, colour in CATEGORIES.items()
@@ -148,7 +165,7 @@ def run_page(view: RunView, base: str, token: str | None, action_token: str | No
     body = (f'<p><a href="{_e(_with_token(base + "/", token))}">all runs</a></p>'
             f"<h1>Run {_e(s.id)}</h1><p>issue #{_e(s.issue)}: <b class=\"issue-title\">{_e(s.issue_title)}</b></p>"
             f'<p class="verdict {_e(s.status)}">{_e(s.status)}</p><p class="message">{_e(s.message)}</p>'
-            f"{pull}<p>branch {_e(s.branch or '-')} · model {_e(s.model)} · {s.iterations} iterations · "
+            f"{pull}{_sandbox(sandbox, base, s.id, token)}<p>branch {_e(s.branch or '-')} · model {_e(s.model)} · {s.iterations} iterations · "
             f"${s.cost_usd:.2f} · {s.tokens} tokens · started {_e(_when(s.started_at))}</p>"
             f"{_review(view, action_token, base)}{chart}{_evidence(view)}<h2>Iterations</h2>"
             + "".join(_iteration(i) for i in view.iterations))

@@ -5,11 +5,13 @@ Access: GET needs `?token=` (see `access`) for that run (the list: a token for e
 (a web page elsewhere cannot rebind a name to it). A POST (approve, reject) always needs a token for the
 run in its form: the page puts one there (minted for the person at the machine by `loop ui`), a form
 posted from another site cannot know it. Answers carry no-store, a same-origin referrer (the token is in the URL)
-and a Content-Security-Policy that allows no script."""
+and a Content-Security-Policy that allows no script. `/runs/<id>/preview/<service>/<path>` (same access as the
+run page) proxies a GET or HEAD to that service in the run's sandbox (`preview`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
@@ -18,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from agentloop.loop.review_sandbox import refresh_on_use
 from agentloop.pages import render
 from agentloop.pages.actions import AlreadyAnswered, Answer, answer_review
-from agentloop.pages.data import RunRoots, all_runs, load_run
+from agentloop.pages.data import RunRoots, RunView, all_runs, load_run
+from agentloop.pages.preview import SandboxState, fetch_preview, sandbox_state, upstream_url
 from agentloop.run_links import make_token, token_allows
 
 _HEADERS = {
@@ -45,6 +49,10 @@ class PagesSettings:
     local: bool = False  # `loop ui` on 127.0.0.1: the person at this machine needs no token
 
 
+# a previewed page is the sandbox's, not ours: `sandbox` gives it an opaque origin (no script as the pages)
+_PREVIEW_HEADERS = {**_HEADERS, "Content-Security-Policy": _HEADERS["Content-Security-Policy"] + "; sandbox"}
+
+
 def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers=_HEADERS)
 
@@ -56,6 +64,12 @@ def _is_local(request: Request, settings: PagesSettings) -> bool:
     header = request.headers.get("host", "")
     host = header.split("]", 1)[0] + "]" if header.startswith("[") else header.split(":", 1)[0]
     return client in ("127.0.0.1", "::1") and host in _LOOPBACK_HOSTS
+
+
+def _sandbox(view: RunView) -> SandboxState:
+    if view.run_dir is None or not view.summary.repo:  # the run's repository is on the machine that ran it
+        return SandboxState("unknown", "the run's repository is not on this machine")
+    return sandbox_state(Path(view.summary.repo), view.summary.id)
 
 
 def _same_origin(request: Request) -> bool:
@@ -101,8 +115,36 @@ def create_pages_app(settings: PagesSettings) -> Starlette:
         view = await run_in_threadpool(load_run, settings.roots, run_id)
         if view is None:
             return _html(render.refusal(f"no run {run_id}"), 404)
+        sandbox = await run_in_threadpool(_sandbox, view)
         action_token = token if token else make_token(settings.secret, run_id, _ACTION_TTL)
-        return _html(render.run_page(view, base(request), token, action_token))
+        return _html(render.run_page(view, base(request), token, action_token, sandbox))
+
+    async def preview(request: Request) -> Response:
+        run_id, service = request.path_params["run_id"], request.path_params["service"]
+        token = request.query_params.get("token")
+        if not (_is_local(request, settings) or token_allows(settings.secret, token, run_id)):
+            return _html(render.refusal("a preview needs a valid, unexpired token for this run, or `loop ui` "
+                                        "on this machine"), 403)
+        view = await run_in_threadpool(load_run, settings.roots, run_id)
+        if view is None:
+            return _html(render.refusal(f"no run {run_id}"), 404)
+        sandbox = await run_in_threadpool(_sandbox, view)
+        if sandbox.info is None:
+            return _html(render.refusal(f"no sandbox to preview: {sandbox.reason}"),
+                         410 if sandbox.state == "gone" else 404)
+        # a review sandbox someone looks at lives on (see refresh_on_use); _sandbox found the repository
+        await run_in_threadpool(refresh_on_use, Path(view.summary.repo), sandbox.info)
+        query: list[tuple[str, str | int | float | bool | None]] = [
+            (k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        url = upstream_url(sandbox.info, service, request.path_params["path"], query)
+        if url is None:
+            return _html(render.refusal(f"the sandbox has no service {service!r}, or the path leaves it"), 404)
+        preview_base = f"{base(request)}/runs/{quote(run_id, safe='')}/preview/{quote(service, safe='')}"
+        answer = await run_in_threadpool(fetch_preview, sandbox.info, url, request.method, dict(request.headers),
+                                         preview_base=preview_base, token=token)
+        headers = {"content-type": "text/plain; charset=utf-8", **answer.headers, **_PREVIEW_HEADERS}
+        body = b"" if request.method == "HEAD" else answer.body
+        return Response(body, status_code=answer.status, headers=headers)
 
     async def answer(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -129,5 +171,6 @@ def create_pages_app(settings: PagesSettings) -> Starlette:
     return Starlette(routes=[
         Route("/", runs, methods=["GET"]),
         Route("/runs/{run_id}", run, methods=["GET"]),
+        Route("/runs/{run_id}/preview/{service}/{path:path}", preview, methods=["GET", "HEAD"]),
         Route("/runs/{run_id}/{answer:str}", answer, methods=["POST"]),
     ])

@@ -14,6 +14,8 @@ Every side effect carries the `validate:<iteration>` step: a run killed and resu
 (by branch), its comment and its check run (by marker) instead of making them again. A change that adds a
 secret is never committed or pushed here; `publish` refuses it and says why. The forge's failures cost
 the run its home, never its validation: they are logged and the run goes on.
+A validation that raises completes the check as a failure with the error's first line (`report_crash`);
+a stop that will be resumed leaves it in progress for the resumed step.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 from pathlib import Path
 
 from agentloop import git
+from agentloop.errors import RunInterrupted
 from agentloop.forge.base import Annotation, CheckReport, Conclusion, DraftsPullRequests, RunsChecks
 from agentloop.loop.context import RunContext
 from agentloop.loop.nodes._common import step_of, with_run_page
@@ -73,6 +76,26 @@ def report_iteration(state: RunState, ctx: RunContext, verdict: Verdict, pull: P
     except Exception as exc:  # noqa: BLE001 -- the verdict stands; the end of the run tries the forge again
         log.warning("the run's pull request or check could not be updated: %s", ctx.redactor.mask(str(exc)))
     return pull
+
+
+def report_crash(state: RunState, ctx: RunContext, exc: BaseException, pull: PullRequest | None,
+                 check: str | None) -> None:
+    """Validation raised: the check completes as a failure with the error's one line (the change is not
+    proven, and a required check must not pass on it), and the draft's status says so. A stop that will
+    be resumed (Ctrl-C, SIGTERM, `/loop stop`) leaves the check in progress: the resumed step reuses it."""
+    if not isinstance(exc, Exception) or isinstance(exc, RunInterrupted) or ctx.cancel.is_set():  # Ctrl-C, SIGTERM too
+        return
+    line = ctx.redactor.mask(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"[:300])
+    try:
+        if check is not None and isinstance(ctx.forge, RunsChecks):
+            ctx.forge.finish_check(check, CheckReport(
+                conclusion="failure", title="loop: validation error",
+                summary=f"**loop could not validate iteration {int(state.get('iteration') or 1)}**: {line}"))
+        if pull is not None and isinstance(ctx.forge, DraftsPullRequests):
+            ctx.forge.update_pull_request(pull, body=status_body(state, ctx, f"validation stopped ({line})"),
+                                          ready=False, step=step_of(state, ctx, "validate"))
+    except Exception as forge_error:  # noqa: BLE001 -- the run ends on the validation's error, not this one
+        log.warning("the run's check or pull request could not be told: %s", ctx.redactor.mask(str(forge_error)))
 
 
 def report_deploy_failure(state: RunState, ctx: RunContext) -> None:

@@ -28,18 +28,22 @@ def run(state: RunState, ctx: RunContext) -> RunState:
         if redeploy.sandbox is not None:
             sandbox = update["sandbox"] = redeploy.sandbox
     pull, check = _home.open_home(state, ctx)
-    verdict = run_validation(
-        config=ctx.config,
-        worktree=Path(state["worktree"]),
-        repo=ctx.repo,
-        base_commit=state["base_commit"],
-        sandbox=sandbox,
-        backend=ctx.backend if ctx.has_services else None,
-        out_dir=ctx.record.iteration_dir(iteration) / "validate",
-    )
-    # validation masks what it writes with the environment's secrets as it goes; the run also knows
-    # `policy.secrets` and the forge's token, so its records (logs, JUnit, plan steps) get a last pass
-    ctx.redactor.mask_tree(ctx.record.iteration_dir(iteration) / "validate")
+    try:
+        verdict = run_validation(
+            config=ctx.config,
+            worktree=Path(state["worktree"]),
+            repo=ctx.repo,
+            base_commit=state["base_commit"],
+            sandbox=sandbox,
+            backend=ctx.backend if ctx.has_services else None,
+            out_dir=ctx.record.iteration_dir(iteration) / "validate",
+        )
+        # validation masks what it writes with the environment's secrets as it goes; the run also knows
+        # `policy.secrets` and the forge's token, so its records (logs, JUnit, plan steps) get a last pass
+        ctx.redactor.mask_tree(ctx.record.iteration_dir(iteration) / "validate")
+    except BaseException as exc:
+        _home.report_crash(state, ctx, exc, pull, check)  # else the check would stay in_progress forever
+        raise
     ctx.emit(kind="verdict", iteration=iteration, passed=verdict.passed, reasons=verdict.reasons)
     pull = _home.report_iteration(state, ctx, verdict, pull, check)
     if pull is not None:
