@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentloop.config import Limits, PolicyConfig
-from agentloop.confine import Confinement, ConfinementUnavailable, Finished
+from agentloop.confine import JAIL_UID_ENV, Confinement, ConfinementUnavailable, Finished
 
 JAIL = Confinement(PolicyConfig())
 needs_bwrap = pytest.mark.skipif(not JAIL.confined, reason="bubblewrap is not usable on this machine")
@@ -60,7 +60,10 @@ def test_the_host_is_out_of_reach(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @needs_bwrap
-def test_a_fork_bomb_is_contained_and_stopped(tmp_path: Path) -> None:
+def test_a_fork_bomb_is_contained_and_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process limit counts every process of the jail's uid on the machine: with the shared default uid, the
+    # jails of tests running beside this one would share (and be starved by) the bomb's 64 processes.
+    monkeypatch.setenv(JAIL_UID_ENV, "64999")
     result = _run(tmp_path, "bomb() { bomb | bomb & }; bomb; sleep 600", timeout=10, processes=64)
     assert "Resource temporarily unavailable" in result.output  # the process limit held
     assert result.timed_out and "killed after" in (result.stopped_for or "")
