@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,32 @@ def _shared_setup_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shared = (root.parent if root.name.startswith("popen-gw") else root) / "setup-cache"
     shared.mkdir(exist_ok=True)
     return shared
+
+
+@pytest.fixture(autouse=True)
+def _reap_what_the_test_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test with a tmp_path, every process whose command line names that folder is killed: a baseline
+    or a sandbox kept on purpose (a review sandbox has no owner process) must not outlive its test and pile up
+    on the machine. Tests that check nothing is left assert it before this runs, so no leak is hidden."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    folder = str(request.getfixturevalue("tmp_path"))  # asked now, so it is torn down after this fixture
+    yield
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if folder not in args:
+                continue
+            group = os.getpgid(int(entry.name))
+            if group == os.getpgrp():  # started in pytest's own group: that one process only, never the group
+                os.kill(int(entry.name), signal.SIGKILL)
+            else:
+                os.killpg(group, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 @pytest.fixture(autouse=True)
