@@ -172,3 +172,25 @@ def test_a_bad_run_id_is_refused_before_any_path_is_made(make_repo: MakeRepo) ->
         owned.run_owner(repo, "../x")
     assert os.path.exists(state_dir(repo))  # made by state_dir itself; nothing under it for the bad id
     assert not (state_dir(repo) / "owned").exists()
+
+
+def test_a_killed_loops_index_lock_in_the_run_worktree_is_cleared_on_resume(make_repo: MakeRepo) -> None:
+    """A `loop` SIGKILLed while git wrote the run worktree's index (the commit before validating) left
+    `index.lock`; the resumed run can commit again, and a live owner's lock is never touched."""
+    repo = make_repo({"a.txt": "a\n"})
+    worktree = state_dir(repo) / "worktrees" / "r-6"
+    git(repo, "worktree", "add", "-q", "-b", "loop/1-r-6", str(worktree))
+    lock = Path(git(worktree, "rev-parse", "--absolute-git-dir").strip()) / "index.lock"
+    lock.write_text("")
+    dead = subprocess.Popen(["true"], start_new_session=True)
+    dead.wait()
+    root = state_dir(repo) / "owned" / "run-r-6"
+    root.mkdir(parents=True)
+    (root / "owner.json").write_text(record_of(dead.pid).model_dump_json())
+    with pytest.raises(subprocess.CalledProcessError):
+        git(worktree, "add", "a.txt")  # what the resumed run's commit met
+
+    with owned.owning(owned.run_owner(repo, "r-6")):  # what `loop resume r-6` does first
+        assert not lock.exists()
+        (worktree / "a.txt").write_text("b\n")
+        git(worktree, "add", "a.txt")

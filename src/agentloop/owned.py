@@ -88,6 +88,8 @@ def owning(owner: Owner) -> Iterator[Owner]:
     if previous is not None and previous.pid != os.getpid() and processes.alive(previous):
         raise LoopError(f"run {owner.run_id} is still running (pid {previous.pid}); stop it first (Ctrl-C or kill)")
     release(owner)
+    if previous is not None and owner.run_id is not None:
+        _clear_index_lock(owner.repo, owner.run_id)
     _write_owner(owner.root)
     token = _current.set(owner)
     try:
@@ -95,6 +97,22 @@ def owning(owner: Owner) -> Iterator[Owner]:
     finally:
         _current.reset(token)
         release(owner)
+
+
+def _clear_index_lock(repo: Path, run_id: str) -> None:
+    """A loop killed while git wrote the run worktree's index (the commit before validating) left git's
+    `index.lock`, and every later `git add` there fails. The killed owner is gone, and no other process
+    runs git in a run's worktree, so the lock is stale: removed."""
+    path = state_dir(repo) / "worktrees" / run_id
+    if not path.is_dir():
+        return
+    try:
+        lock = git.git_dir(git.Worktree(repo, path)) / "index.lock"
+    except LoopError:  # not a worktree of the repository any more: nothing of git's to unlock
+        return
+    if lock.is_file() and not lock.is_symlink():
+        log.warning("removing %s, left by the killed loop process before this one", lock)
+        lock.unlink()
 
 
 @contextmanager
